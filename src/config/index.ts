@@ -1,0 +1,9 @@
+export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
+export { loadConfigFile, parseConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
+export type {
+  ProcessRuntimeConfig,
+  ReadyProbeConfig,
+  StartupProbeConfig,
+  VersionProbeConfig,
+} from './schema.js';
+export { parseDuration, parseSize } from './units.js';

@@ -1,0 +1,204 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
+import {
+  configSchema,
+  type ParsedConfig,
+  type ParsedInstance,
+  type ParsedService,
+  type ReadyProbeConfig,
+  type StartupProbeConfig,
+} from './schema.js';
+
+export type Tier = ParsedInstance['tier'];
+
+export interface InstanceConfig extends Omit<ParsedInstance, 'probes'> {
+  /** `service/instance`, unique across the file. */
+  id: string;
+  name: string;
+  service: string;
+  probes: { startup: StartupProbeConfig; ready: ReadyProbeConfig };
+}
+
+export interface ServiceConfig extends Omit<ParsedService, 'instances'> {
+  name: string;
+  instances: InstanceConfig[];
+}
+
+/** The compiled configuration: defaults applied, units in ms and bytes, paths absolute. */
+export interface Config extends Omit<ParsedConfig, 'services'> {
+  file: string;
+  services: ServiceConfig[];
+}
+
+/** The ready probe used when an instance names none: GET /health, as vLLM, TGI and most model servers answer. */
+const DEFAULT_READY: ReadyProbeConfig = {
+  http: { path: '/health' },
+  timeout: 1000,
+  interval: 2000,
+  suspectInterval: 500,
+  rise: 2,
+  fall: 3,
+};
+
+export function loadConfigFile(file: string): Config {
+  const absolute = path.resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(absolute, 'utf8');
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : (error as Error).message;
+    throw new ConfigError(`${absolute}: ${reason}`, [], { cause: error });
+  }
+  return parseConfig(text, absolute);
+}
+
+/** Parses and checks a configuration; every mistake found is reported at once, with file, line and field. */
+export function parseConfig(text: string, file: string): Config {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const locate = locator(doc, lines, file);
+
+  if (doc.errors.length > 0) {
+    fail(
+      file,
+      doc.errors.map((error) => {
+        const pos = error.linePos?.[0];
+        return { file, line: pos?.line, column: pos?.col, field: '', message: error.message.split('\n')[0]! };
+      }),
+    );
+  }
+  if (!isMap(doc.contents)) fail(file, [locate([], 'expected a mapping with at least `services:`')]);
+
+  const parsed = configSchema.safeParse(doc.toJS());
+  if (!parsed.success) fail(file, parsed.error.issues.map((issue) => fromZod(issue, locate)));
+
+  const config = compile(parsed.data, file);
+  const problems = crossCheck(config).map(({ at, message }) => locate(at, message));
+  if (problems.length > 0) fail(file, problems);
+  return config;
+}
+
+function fail(file: string, issues: ConfigIssue[]): never {
+  const plural = issues.length === 1 ? 'mistake' : 'mistakes';
+  throw new ConfigError(
+    `${file}: ${issues.length} ${plural} in the configuration:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`,
+    issues,
+  );
+}
+
+type Locate = (at: readonly PropertyKey[], message: string) => ConfigIssue;
+
+/** Points a field path at its line; a missing field points at its nearest parent. */
+function locator(doc: Document, lines: LineCounter, file: string): Locate {
+  return (at, message) => {
+    const keys = at.map(String);
+    for (let depth = keys.length; depth >= 0; depth--) {
+      const node = doc.getIn(keys.slice(0, depth), true);
+      const range = isScalar(node) || isMap(node) ? node.range : (node as { range?: [number, number, number] } | undefined)?.range;
+      if (range) {
+        const pos = lines.linePos(range[0]);
+        return { file, line: pos.line, column: pos.col, field: keys.join('.'), message };
+      }
+    }
+    return { file, line: undefined, column: undefined, field: keys.join('.'), message };
+  };
+}
+
+function fromZod(issue: z.core.$ZodIssue, locate: Locate): ConfigIssue {
+  if (issue.code === 'unrecognized_keys') {
+    const [first] = issue.keys;
+    return locate([...issue.path, first!], `unknown field${issue.keys.length > 1 ? `s ${issue.keys.join(', ')}` : ''}`);
+  }
+  if (issue.code === 'invalid_type' && issue.input === undefined) return locate(issue.path, 'is required');
+  return locate(issue.path, issue.message);
+}
+
+function compile(parsed: ParsedConfig, file: string): Config {
+  const dir = path.dirname(file);
+  const services = Object.entries(parsed.services).map(([name, service]): ServiceConfig => {
+    const { instances, ...rest } = service;
+    return {
+      ...rest,
+      name,
+      instances: Object.entries(instances).map(([instanceName, raw]) => compileInstance(name, instanceName, raw, dir)),
+    };
+  });
+  return { ...parsed, file, stateDir: path.resolve(dir, parsed.stateDir), services };
+}
+
+function compileInstance(service: string, name: string, raw: ParsedInstance, dir: string): InstanceConfig {
+  const ready = raw.probes.ready ?? DEFAULT_READY;
+  const { interval: _i, suspectInterval: _s, rise: _r, fall: _f, ...check } = ready;
+  const startup = raw.probes.startup ?? { ...check, interval: 500, budget: 300_000 };
+  let runtime = raw.runtime;
+  if (runtime.type === 'process') {
+    const cwd = path.resolve(dir, runtime.cwd ?? '.');
+    runtime = { ...runtime, cwd, requires: runtime.requires.map((p) => path.resolve(cwd, p)) };
+  }
+  return { ...raw, runtime, id: `${service}/${name}`, name, service, probes: { startup, ready } };
+}
+
+interface Problem {
+  at: PropertyKey[];
+  message: string;
+}
+
+/** Rules that relate fields to each other, checked after each field is valid on its own. */
+function crossCheck(config: Config): Problem[] {
+  const problems: Problem[] = [];
+  const listeners = new Map<string, string>();
+  const claim = (address: { host: string; port: number }, owner: string, at: PropertyKey[]) => {
+    const key = `${address.host}:${address.port}`;
+    const other = listeners.get(key);
+    if (other) problems.push({ at, message: `${key} is already used by ${other}` });
+    else listeners.set(key, owner);
+  };
+  claim(config.admin.listen, 'admin.listen', ['admin', 'listen']);
+  if (config.services.some((s) => s.route.pathPrefix !== undefined || s.route.host !== undefined)) {
+    claim(config.gateway.listen, 'gateway.listen', ['gateway', 'listen']);
+  }
+
+  const routes = new Map<string, string>();
+  if (config.services.length === 0) problems.push({ at: ['services'], message: 'declare at least one service' });
+  for (const service of config.services) {
+    const at = (...rest: PropertyKey[]) => ['services', service.name, ...rest];
+    const { route } = service;
+    if (route.listen) claim(route.listen, `services.${service.name}.route.listen`, at('route', 'listen'));
+    if (route.pathPrefix !== undefined || route.host !== undefined) {
+      const key = `${route.host ?? '*'} ${route.pathPrefix ?? '/'}`;
+      const other = routes.get(key);
+      if (other) problems.push({ at: at('route'), message: `the same host and path prefix as service ${other}` });
+      else routes.set(key, service.name);
+    }
+    if (route.stripPrefix && route.pathPrefix === undefined) {
+      problems.push({ at: at('route', 'stripPrefix'), message: 'needs route.pathPrefix' });
+    }
+    if (service.version) {
+      const { json, header, regex } = service.version.probe;
+      if ([json, header, regex].filter((v) => v !== undefined).length > 1) {
+        problems.push({ at: at('version', 'probe'), message: 'choose one of json, header or regex' });
+      }
+    }
+
+    if (service.instances.length === 0) problems.push({ at: at('instances'), message: 'declare at least one instance' });
+    const primaries = service.instances.filter((i) => i.tier === 'primary');
+    for (const extra of primaries.slice(1)) {
+      problems.push({
+        at: at('instances', extra.name, 'tier'),
+        message: `a service has one primary; ${primaries[0]!.name} is already primary (use tier: hot)`,
+      });
+    }
+    for (const instance of service.instances) {
+      if (instance.tier === 'cold' && instance.runtime.type !== 'process') {
+        problems.push({
+          at: at('instances', instance.name, 'tier'),
+          message: 'a cold standby must be started by Understudy: give it runtime.type: process',
+        });
+      }
+    }
+  }
+  return problems;
+}

@@ -1,0 +1,293 @@
+import { z } from 'zod';
+import { parseDuration, parseListen, parseSize } from './units.js';
+
+/*
+ * What the user writes in understudy.yaml, with the defaults applied and units
+ * compiled to numbers (milliseconds, bytes). Every default names where it comes from
+ * in docs/configuration.md; change both together.
+ */
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `expected a duration such as "750ms", "30s", "5m" or "1h", got ${JSON.stringify(value)}`,
+    });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const positiveDuration = duration.refine((ms) => ms > 0, { message: 'must be longer than 0ms' });
+
+const size = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const bytes = parseSize(value);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected a size such as "512KiB" or "1MiB", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const listen = (defaultHost: string) =>
+  z.union([z.string(), z.number()]).transform((value, ctx) => {
+    const address = parseListen(value, defaultHost);
+    if (!address) {
+      ctx.addIssue({ code: 'custom', message: `expected "host:port" or a port number, got ${JSON.stringify(value)}` });
+      return z.NEVER;
+    }
+    return address;
+  });
+
+const count = (min: number) => z.number().int().min(min);
+
+const httpUrl = z.string().refine((value) => URL.canParse(value) && /^https?:$/.test(new URL(value).protocol), {
+  message: 'expected an http:// or https:// URL',
+});
+
+// ---------------------------------------------------------------- probes
+
+const httpCheck = z.strictObject({
+  /** Path requested with GET, e.g. `/health`. */
+  path: z.string().startsWith('/', { message: 'must start with "/"' }),
+  /** Statuses that count as healthy. Default: any 2xx. */
+  status: z.union([count(100), z.array(count(100)).min(1)]).optional(),
+  /** Text the body must contain to count as healthy. */
+  body: z.string().optional(),
+});
+
+const checkFields = {
+  http: httpCheck.optional(),
+  /** Healthy when a TCP connection opens. Cannot see a hung process (the kernel still accepts). */
+  tcp: z.literal(true).optional(),
+  /** A command (argv) that exits 0 when healthy, e.g. a GPU check with nvidia-smi. */
+  command: z.array(z.string()).min(1).optional(),
+  /** Longest wait for one probe. Default 1s. */
+  timeout: positiveDuration.default(1000),
+};
+
+function exactlyOneCheck(probe: { http?: unknown; tcp?: unknown; command?: unknown }, ctx: z.RefinementCtx): void {
+  const kinds = ['http', 'tcp', 'command'].filter((kind) => probe[kind as keyof typeof probe] !== undefined);
+  if (kinds.length > 1) {
+    ctx.addIssue({ code: 'custom', message: `choose one of http, tcp or command, not ${kinds.join(' and ')}` });
+  }
+}
+
+const readyProbe = z
+  .strictObject({
+    ...checkFields,
+    /** Time between probes while the instance is ready. Default 2s (HAProxy's `inter`). */
+    interval: positiveDuration.default(2000),
+    /** Time between probes while the instance is suspect or down. Default 500ms. */
+    suspectInterval: positiveDuration.default(500),
+    /** Consecutive successes that bring a down instance back. Default 2 (HAProxy's `rise`). */
+    rise: count(1).default(2),
+    /** Consecutive failures that take a ready instance down. Default 3 (HAProxy's `fall`). */
+    fall: count(1).default(3),
+  })
+  .superRefine(exactlyOneCheck);
+
+const startupProbe = z
+  .strictObject({
+    ...checkFields,
+    /** Time between probes while the model loads. Default 500ms. */
+    interval: positiveDuration.default(500),
+    /** Longest time a start may take, model loading included, before it counts as failed. Default 5m. */
+    budget: positiveDuration.default(300_000),
+  })
+  .superRefine(exactlyOneCheck);
+
+const versionProbe = z.strictObject({
+  http: httpCheck.default({ path: '/version' }),
+  /** Dotted field of the JSON body that holds the version. Default `version`. */
+  json: z.string().min(1).optional(),
+  /** Header that holds the version instead of the body. */
+  header: z.string().min(1).optional(),
+  /** Regular expression whose first group is the version, applied to the body. */
+  regex: z
+    .string()
+    .refine((source) => {
+      try {
+        new RegExp(source);
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'is not a valid regular expression')
+    .optional(),
+  timeout: positiveDuration.default(2000),
+  /** Time between version checks of a ready instance. Default 60s. */
+  interval: positiveDuration.default(60_000),
+});
+
+// ---------------------------------------------------------------- runtimes
+
+const processRuntime = z.strictObject({
+  type: z.literal('process'),
+  /** argv of the model server; no shell is involved. */
+  command: z.array(z.string().min(1)).min(1, { message: 'needs at least the program to run' }),
+  /** Working directory, relative to the config file. Default: the config file's directory. */
+  cwd: z.string().optional(),
+  env: z.record(z.string(), z.string()).default({}),
+  /** Time between SIGTERM and SIGKILL when stopping. Default 10s. */
+  stopGrace: duration.default(10_000),
+  /** Paths that must exist before a start (e.g. the model directory), relative to cwd. */
+  requires: z.array(z.string().min(1)).default([]),
+  /** First delay before restarting a failed instance; doubles each time. Default 1s. */
+  restartDelay: duration.default(1000),
+  /** Longest delay between restarts. Default 30s. */
+  restartDelayMax: duration.default(30_000),
+});
+
+const externalRuntime = z.strictObject({ type: z.literal('external') });
+
+const runtime = z.discriminatedUnion('type', [externalRuntime, processRuntime], {
+  error: (issue) => (issue.code === 'invalid_union' ? 'type must be "external" or "process"' : undefined),
+});
+
+// ---------------------------------------------------------------- instances and services
+
+const tier = z.enum(['primary', 'hot', 'cold'], {
+  error: (issue) => (issue.input === undefined ? 'is required' : 'must be one of primary, hot, cold'),
+});
+
+const instance = z.strictObject({
+  tier,
+  /** Order inside a tier: lower is preferred. Default 0. */
+  priority: z.number().int().default(0),
+  /** Where the instance answers, e.g. http://127.0.0.1:7001. */
+  url: httpUrl,
+  runtime: runtime.default({ type: 'external' }),
+  probes: z
+    .strictObject({
+      startup: startupProbe.optional(),
+      ready: readyProbe.optional(),
+    })
+    .default({}),
+});
+
+const route = z
+  .strictObject({
+    /** Own listener for the service, e.g. "127.0.0.1:8081". */
+    listen: listen('127.0.0.1').optional(),
+    /** Path prefix on the shared gateway listener, e.g. "/tts". */
+    pathPrefix: z.string().startsWith('/', { message: 'must start with "/"' }).optional(),
+    /** Host name on the shared gateway listener (the Host header, port ignored). */
+    host: z.string().min(1).optional(),
+    /** Remove pathPrefix before forwarding. Default false. */
+    stripPrefix: z.boolean().default(false),
+  })
+  .refine((r) => r.listen !== undefined || r.pathPrefix !== undefined || r.host !== undefined, {
+    message: 'needs at least one of listen, pathPrefix or host',
+  });
+
+const failback = z.string().transform((value, ctx) => {
+  if (value === 'never' || value === 'manual') return { policy: value } as const;
+  const match = /^after\s+(\S+)(?:\s+stable)?$/.exec(value.trim());
+  const ms = match ? parseDuration(match[1]!) : undefined;
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: `expected "never", "manual" or "after <duration> stable", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return { policy: 'after', stableMs: ms } as const;
+});
+
+const service = z.strictObject({
+  route,
+  /** The model version every instance must serve; a standby serving another is not admitted. */
+  version: z
+    .strictObject({
+      expect: z.string().min(1),
+      probe: versionProbe.default({ http: { path: '/version' }, timeout: 2000, interval: 60_000 }),
+    })
+    .optional(),
+  /** When traffic returns to the preferred instance after a failover. Default never (keepalived's nopreempt). */
+  failback: failback.default({ policy: 'never' }),
+  timeouts: z
+    .strictObject({
+      /** Longest wait for the response head. Default 120s: a TTS or LLM answer may take long to start. */
+      firstByte: positiveDuration.default(120_000),
+      /** Longest pause inside a streamed response. Default 60s. */
+      idle: positiveDuration.default(60_000),
+      /** Longest whole request. Default 30m. */
+      total: positiveDuration.default(1_800_000),
+    })
+    .default({ firstByte: 120_000, idle: 60_000, total: 1_800_000 }),
+  retry: z
+    .strictObject({
+      /** Most attempts of one request, each on a different instance when one is there. Default 3. */
+      attempts: count(1).default(3),
+      /** Instance answers that are retried on the next instance (before any byte reaches the client). */
+      statuses: z.array(z.number().int().min(400).max(599)).default([500, 502, 503, 504, 429]),
+      /** Request bodies up to this size are kept for retries; larger ones stream through once. Default 1MiB. */
+      bodyLimit: size.default(1024 * 1024),
+      /** Retry requests still in flight on an instance that is declared down. Default true. */
+      inflightOnDown: z.boolean().default(true),
+    })
+    .default({ attempts: 3, statuses: [500, 502, 503, 504, 429], bodyLimit: 1024 * 1024, inflightOnDown: true }),
+  queue: z
+    .strictObject({
+      /** Requests held while no instance is ready (e.g. a cold standby loads). Default 1000. */
+      max: count(0).default(1000),
+      /** Longest wait in the queue before a 503. Default 30s (a cold model load takes 10-30s). */
+      timeout: positiveDuration.default(30_000),
+    })
+    .default({ max: 1000, timeout: 30_000 }),
+  passive: z
+    .strictObject({
+      /** Consecutive failed attempts (reset, timeout, retried 5xx) that take an instance down. Default 5. */
+      failures: count(1).default(5),
+      /** A request counts as slow past max(slowMin, slowFactor × the instance's normal latency). Default 10. */
+      slowFactor: z.number().min(1).default(10),
+      /** Default 500ms. */
+      slowMin: positiveDuration.default(500),
+      /** Consecutive slow requests that take an instance down; 0 turns latency ejection off. Default 3. */
+      slow: count(0).default(3),
+      /** Time a passively ejected instance stays out even if its probes pass. Default 30s (Envoy). */
+      ejectFor: duration.default(30_000),
+    })
+    .default({ failures: 5, slowFactor: 10, slowMin: 500, slow: 3, ejectFor: 30_000 }),
+  quarantine: z
+    .strictObject({
+      /** Failures within `within` that quarantine an instance (kept stopped, logs kept). Default 5. */
+      failures: count(1).default(5),
+      /** Default 10m. */
+      within: positiveDuration.default(600_000),
+    })
+    .default({ failures: 5, within: 600_000 }),
+  instances: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'instance names use letters, digits, - and _'), instance),
+});
+
+export const configSchema = z.strictObject({
+  /** Events, instance logs and the admin token. Default `.understudy` next to the config file. */
+  stateDir: z.string().min(1).default('.understudy'),
+  gateway: z.strictObject({ listen: listen('127.0.0.1').default({ host: '127.0.0.1', port: 8080 }) }).default({
+    listen: { host: '127.0.0.1', port: 8080 },
+  }),
+  admin: z
+    .strictObject({
+      /** Default 127.0.0.1:9901: the admin API is reachable from this machine only. */
+      listen: listen('127.0.0.1').default({ host: '127.0.0.1', port: 9901 }),
+      /** Bearer token; default: $UNDERSTUDY_ADMIN_TOKEN, else generated into stateDir/admin.token. */
+      token: z.string().min(8, { message: 'must be at least 8 characters' }).optional(),
+    })
+    .default({ listen: { host: '127.0.0.1', port: 9901 } }),
+  log: z
+    .strictObject({
+      level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+      /** One log line per request. Default true. */
+      access: z.boolean().default(true),
+    })
+    .default({ level: 'info', access: true }),
+  services: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'service names use letters, digits, - and _'), service),
+});
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type ParsedConfig = z.output<typeof configSchema>;
+export type ParsedService = ParsedConfig['services'][string];
+export type ParsedInstance = ParsedService['instances'][string];
+export type ReadyProbeConfig = z.output<typeof readyProbe>;
+export type StartupProbeConfig = z.output<typeof startupProbe>;
+export type VersionProbeConfig = z.output<typeof versionProbe>;
+export type ProcessRuntimeConfig = z.output<typeof processRuntime>;

@@ -1,0 +1,16 @@
+export { ManualClock, systemClock, type Clock, type Timer } from './clock.js';
+export { byPreference, initialState, isRoutable, nextDeadline, routable, step } from './machine.js';
+export type {
+  Action,
+  ActiveMode,
+  EventBody,
+  EventType,
+  Input,
+  InstanceState,
+  InstanceStatus,
+  MoveKind,
+  ServiceStatus,
+  Step,
+  UnderstudyEvent,
+} from './types.js';
+export { UnderstudyError } from './errors.js';

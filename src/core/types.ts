@@ -1,0 +1,100 @@
+import type { Tier } from '../config/index.js';
+
+export type InstanceState = 'stopped' | 'starting' | 'ready' | 'suspect' | 'down' | 'draining' | 'quarantined';
+
+/** What the failover machine knows of one instance. Plain data: copied, never shared. */
+export interface InstanceStatus {
+  name: string;
+  tier: Tier;
+  priority: number;
+  /** Whether Understudy runs the instance (and so can stop and restart it). */
+  supervised: boolean;
+  state: InstanceState;
+  /** When the instance entered its state (ms). */
+  since: number;
+  /** Why it is in its state, in words. */
+  reason: string;
+  /** Consecutive successful ready probes while down. */
+  successes: number;
+  /** Consecutive failed ready probes while ready or suspect. */
+  failures: number;
+  /** The version the instance last reported; undefined until read. */
+  version: string | undefined;
+  /** Serves the service's pinned version (always true when none is pinned). */
+  admitted: boolean;
+  /** Times of recent failures, for flap damping. */
+  failureTimes: number[];
+  /** Restarts since the instance was last ready, for the restart backoff. */
+  restarts: number;
+  /** End of the start-up budget while starting. */
+  startDeadline: number | undefined;
+  /** When a down, supervised instance is started again. */
+  restartAt: number | undefined;
+  /** Probes cannot bring back a passively ejected instance before this time. */
+  ejectedUntil: number | undefined;
+  /** Stopped or drained on purpose: not started again until resumed. */
+  maintenance: boolean;
+}
+
+/**
+ * How the current active instance was chosen, which decides what may move it:
+ * `normal`: a better instance takes over as soon as it is ready (e.g. the primary after boot);
+ * `failed-over`: the failback policy decides; `pinned`: a person chose it, only a failure moves it.
+ */
+export type ActiveMode = 'normal' | 'failed-over' | 'pinned';
+
+export interface ServiceStatus {
+  name: string;
+  active: string | null;
+  mode: ActiveMode;
+  /** Whether the service ever had an active instance (the first choice is `initial`). */
+  everActive: boolean;
+  instances: Record<string, InstanceStatus>;
+}
+
+export type MoveKind = 'initial' | 'failover' | 'switchover' | 'failback' | 'recovered';
+
+/** Every change of state is one of these; the timeline, metrics, logs and alerts are views of them. */
+export type EventBody =
+  | { type: 'instance-state'; instance: string; from: InstanceState; to: InstanceState; reason: string }
+  | { type: 'active-changed'; from: string | null; to: string; kind: MoveKind; reason: string }
+  | { type: 'no-ready-instance'; reason: string }
+  | { type: 'quarantined'; instance: string; failures: number; withinMs: number; reason: string }
+  | { type: 'version-mismatch'; instance: string; expected: string; actual: string | null; reason: string }
+  | { type: 'ejection-skipped'; instance: string; reason: string }
+  | { type: 'restart-scheduled'; instance: string; delayMs: number; reason: string }
+  | { type: 'start-failed'; instance: string; reason: string };
+
+export type EventType = EventBody['type'];
+
+/** An event as stored and shown: the body plus when, where and a trace id. */
+export type UnderstudyEvent = EventBody & { time: number; service: string; traceId: string };
+
+/** What happens to a service: facts observed by runtimes, probes, traffic, commands and the clock. */
+export type Input =
+  | { type: 'boot' }
+  | { type: 'tick' }
+  | { type: 'probe'; instance: string; probe: 'startup' | 'ready'; ok: boolean; detail: string }
+  | { type: 'version'; instance: string; version: string | undefined; detail: string }
+  | { type: 'passive'; instance: string; hard: boolean; reason: string }
+  | { type: 'exited'; instance: string; code: number | null; signal: string | null }
+  | { type: 'start-failed'; instance: string; reason: string }
+  | { type: 'switchover'; to: string | undefined }
+  | { type: 'drain'; instance: string }
+  | { type: 'drained'; instance: string }
+  | { type: 'resume'; instance: string };
+
+/** What the machine asks the controller to do. */
+export type Action =
+  | { type: 'start'; instance: string }
+  | { type: 'stop'; instance: string; reason: string }
+  | { type: 'abort-inflight'; instance: string; reason: string }
+  | { type: 'check-version'; instance: string }
+  | { type: 'emit'; event: EventBody };
+
+export interface Step {
+  state: ServiceStatus;
+  actions: Action[];
+  /** Set when a command cannot be carried out; the state is then unchanged. */
+  rejected?: string;
+}
