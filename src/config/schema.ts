@@ -226,6 +226,12 @@ const service = z.strictObject({
       inflightOnDown: z.boolean().default(true),
     })
     .default({ attempts: 3, statuses: [500, 502, 503, 504, 429], bodyLimit: 1024 * 1024, inflightOnDown: true }),
+  limits: z
+    .strictObject({
+      /** Largest request body accepted; larger ones get 413. Default 100MiB. */
+      body: size.default(100 * 1024 * 1024),
+    })
+    .default({ body: 100 * 1024 * 1024 }),
   queue: z
     .strictObject({
       /** Requests held while no instance is ready (e.g. a cold standby loads). Default 1000. */

@@ -1,0 +1,3 @@
+export { AdminClient } from './client.js';
+export { AdminServer } from './server.js';
+export { ensureToken, readToken, tokenFile } from './token.js';

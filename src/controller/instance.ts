@@ -1,0 +1,40 @@
+import { Pool } from 'undici';
+import type { InstanceConfig } from '../config/index.js';
+import { PassiveDetector } from '../health/index.js';
+import type { Runtime } from '../runtime/index.js';
+import type { Timer } from '../core/index.js';
+
+/** Everything with a lifetime that belongs to one instance. */
+export class InstanceHandle {
+  readonly url: URL;
+  readonly pool: Pool;
+  readonly passive: PassiveDetector;
+  /** Abort functions of the attempts now running on this instance. */
+  readonly inflight = new Set<(reason: Error) => void>();
+  /** Bumped at each start, so outcomes of an earlier run never judge a fresh one. */
+  generation = 0;
+  /** What the probe loop does now; a change restarts it. */
+  probeMode: string = 'none';
+  probeTimer: Timer | undefined;
+  versionTimer: Timer | undefined;
+
+  constructor(
+    readonly config: InstanceConfig,
+    readonly runtime: Runtime,
+    passive: ConstructorParameters<typeof PassiveDetector>[0],
+  ) {
+    this.url = new URL(config.url);
+    this.passive = new PassiveDetector(passive);
+    // A generous pool: model servers hold requests for a long time, and a connect
+    // that takes over 2s on a local network means the host is gone.
+    this.pool = new Pool(this.url.origin, { connections: 256, keepAliveTimeout: 30_000, connect: { timeout: 2000 } });
+  }
+
+  stopTimers(): void {
+    this.probeTimer?.cancel();
+    this.versionTimer?.cancel();
+    this.probeTimer = undefined;
+    this.versionTimer = undefined;
+    this.probeMode = 'none';
+  }
+}

@@ -1,0 +1,379 @@
+import { randomBytes } from 'node:crypto';
+import type { ServiceConfig } from '../config/index.js';
+import {
+  initialState,
+  nextDeadline,
+  routable,
+  step,
+  type Action,
+  type Clock,
+  type Input,
+  type ServiceStatus,
+  type Timer,
+  type UnderstudyEvent,
+} from '../core/index.js';
+import { readVersion, runProbe, type AttemptOutcome } from '../health/index.js';
+import { InstanceDownError, ProxyError, type Attempt, type Upstreams } from '../proxy/index.js';
+import { createRuntime, StartError } from '../runtime/index.js';
+import { InstanceHandle } from './instance.js';
+
+export interface ServiceDeps {
+  clock: Clock;
+  stateDir: string;
+  publish(event: UnderstudyEvent): void;
+  onProbe(instance: string, probe: string, ok: boolean, ms: number): void;
+  onQueue(depth: number): void;
+  onError(message: string, error: unknown): void;
+}
+
+interface Waiter {
+  tried: ReadonlySet<string>;
+  resolve(attempt: Attempt): void;
+  reject(error: Error): void;
+  timer: Timer;
+  cleanup(): void;
+}
+
+/** Seconds a client is told to wait after a 503 from an empty queue. */
+const RETRY_AFTER_SECONDS = 5;
+
+export interface InstanceView {
+  name: string;
+  tier: string;
+  priority: number;
+  url: string;
+  runtime: string;
+  state: string;
+  since: number;
+  reason: string;
+  version: string | null;
+  admitted: boolean;
+  inflight: number;
+  pid: number | null;
+}
+
+export interface ServiceView {
+  name: string;
+  active: string | null;
+  mode: string;
+  queued: number;
+  expectedVersion: string | null;
+  instances: InstanceView[];
+}
+
+/**
+ * Runs one service: feeds what happens into the failover machine, carries out its
+ * actions (start, stop, abort in-flight work, check versions), keeps the probe loops
+ * and the deadline timer in step with the state, and hands instances to the proxy.
+ */
+export class ServiceController implements Upstreams {
+  private state: ServiceStatus;
+  private readonly handles = new Map<string, InstanceHandle>();
+  private readonly waiters: Waiter[] = [];
+  private tickTimer: Timer | undefined;
+  private closed = false;
+
+  constructor(
+    readonly config: ServiceConfig,
+    private readonly deps: ServiceDeps,
+  ) {
+    this.state = initialState(config, deps.clock.now());
+    for (const instance of config.instances) {
+      const handle = new InstanceHandle(instance, createRuntime(instance, deps.stateDir), config.passive);
+      handle.runtime.onExit((code, signal) => this.dispatch({ type: 'exited', instance: instance.name, code, signal }));
+      this.handles.set(instance.name, handle);
+    }
+  }
+
+  boot(): void {
+    this.dispatch({ type: 'boot' });
+  }
+
+  /** Feeds one input to the machine; returns why a command was refused, if it was. */
+  dispatch(input: Input, traceId = randomBytes(8).toString('hex')): string | undefined {
+    if (this.closed) return 'Understudy is shutting down';
+    const now = this.deps.clock.now();
+    const result = step(this.config, this.state, input, now);
+    if (result.rejected !== undefined) return result.rejected;
+    this.state = result.state;
+    for (const action of result.actions) this.perform(action, now, traceId);
+    this.scheduleTick();
+    for (const handle of this.handles.values()) this.scheduleProbes(handle);
+    this.serveWaiters();
+    this.checkDrained();
+    return undefined;
+  }
+
+  acquire(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
+    const attempt = this.pick(tried);
+    if (attempt) return Promise.resolve(attempt);
+    if (signal.aborted) return Promise.reject(signal.reason as Error);
+    if (this.closed) return Promise.reject(this.unavailable('Understudy is shutting down'));
+    if (this.waiters.length >= this.config.queue.max) {
+      return Promise.reject(
+        new ProxyError('QUEUE_FULL', 503, `no instance of ${this.config.name} is ready and its queue of ${this.config.queue.max} is full`, {
+          service: this.config.name,
+          reason: this.whyUnavailable(),
+          retryAfterSeconds: RETRY_AFTER_SECONDS,
+        }),
+      );
+    }
+    return new Promise<Attempt>((resolve, reject) => {
+      const onAbort = () => {
+        waiter.cleanup();
+        reject(signal.reason as Error);
+      };
+      const waiter: Waiter = {
+        tried,
+        resolve,
+        reject,
+        timer: this.deps.clock.setTimeout(() => {
+          waiter.cleanup();
+          reject(this.unavailable(`no instance of ${this.config.name} became ready within ${this.config.queue.timeout}ms`));
+        }, this.config.queue.timeout),
+        cleanup: () => {
+          waiter.timer.cancel();
+          signal.removeEventListener('abort', onAbort);
+          const index = this.waiters.indexOf(waiter);
+          if (index >= 0) this.waiters.splice(index, 1);
+          this.deps.onQueue(this.waiters.length);
+        },
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiters.push(waiter);
+      this.deps.onQueue(this.waiters.length);
+    });
+  }
+
+  view(): ServiceView {
+    return {
+      name: this.config.name,
+      active: this.state.active,
+      mode: this.state.mode,
+      queued: this.waiters.length,
+      expectedVersion: this.config.version?.expect ?? null,
+      instances: this.config.instances.map((instance) => {
+        const status = this.state.instances[instance.name]!;
+        const handle = this.handles.get(instance.name)!;
+        return {
+          name: instance.name,
+          tier: instance.tier,
+          priority: instance.priority,
+          url: instance.url,
+          runtime: instance.runtime.type,
+          state: status.state,
+          since: status.since,
+          reason: status.reason,
+          version: status.version ?? null,
+          admitted: status.admitted,
+          inflight: handle.inflight.size,
+          pid: handle.runtime.pid ?? null,
+        };
+      }),
+    };
+  }
+
+  /** Stops probes and timers, fails queued requests, and stops the instances Understudy runs. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.tickTimer?.cancel();
+    for (const waiter of [...this.waiters]) {
+      waiter.cleanup();
+      waiter.reject(this.unavailable('Understudy is shutting down'));
+    }
+    await Promise.all(
+      [...this.handles.values()].map(async (handle) => {
+        handle.stopTimers();
+        try {
+          await handle.runtime.stop();
+        } catch (error) {
+          this.deps.onError(`stopping ${handle.config.id} failed`, error);
+        }
+        await handle.pool.close().catch(() => handle.pool.destroy());
+      }),
+    );
+  }
+
+  private perform(action: Action, now: number, traceId: string): void {
+    const handle = 'instance' in action ? this.handles.get(action.instance) : undefined;
+    switch (action.type) {
+      case 'emit':
+        this.deps.publish({ ...action.event, time: now, service: this.config.name, traceId });
+        return;
+      case 'start': {
+        const started = handle!;
+        started.generation += 1;
+        started.passive.reset();
+        started.runtime.start().catch((error: unknown) => {
+          const reason = error instanceof StartError ? error.message : `start failed: ${(error as Error).message}`;
+          this.dispatch({ type: 'start-failed', instance: started.config.name, reason }, traceId);
+        });
+        return;
+      }
+      case 'stop':
+        handle!.runtime.stop().catch((error: unknown) => this.deps.onError(`stopping ${handle!.config.id} failed`, error));
+        return;
+      case 'abort-inflight': {
+        const reason = new InstanceDownError(action.instance, action.reason);
+        for (const abort of [...handle!.inflight]) abort(reason);
+        return;
+      }
+      case 'check-version':
+        this.checkVersion(handle!);
+        return;
+    }
+  }
+
+  /** The attempt for the next try: the active instance first, then the others best first. */
+  private pick(tried: ReadonlySet<string>): Attempt | undefined {
+    const { active } = this.state;
+    let name: string | undefined;
+    if (active !== null && !tried.has(active)) name = active;
+    else {
+      const candidates = routable(this.state);
+      name = (candidates.find((i) => !tried.has(i.name)) ?? candidates[0])?.name;
+    }
+    return name === undefined ? undefined : this.attempt(this.handles.get(name)!);
+  }
+
+  private attempt(handle: InstanceHandle): Attempt {
+    const controller = new AbortController();
+    const abort = (reason: Error) => controller.abort(reason);
+    const generation = handle.generation;
+    const name = handle.config.name;
+    handle.inflight.add(abort);
+    const slowAfter = handle.passive.slowAfter();
+    let slowTimer: Timer | undefined =
+      slowAfter === undefined
+        ? undefined
+        : this.deps.clock.setTimeout(() => {
+            slowTimer = undefined;
+            const verdict = handle.generation === generation ? handle.passive.onSlow() : undefined;
+            if (verdict) this.dispatch({ type: 'passive', instance: name, hard: verdict.hard, reason: verdict.reason });
+          }, slowAfter);
+    let finished = false;
+    return {
+      instance: name,
+      url: handle.url,
+      dispatcher: handle.pool,
+      signal: controller.signal,
+      firstByte: (ms: number) => {
+        slowTimer?.cancel();
+        slowTimer = undefined;
+        if (handle.generation === generation) handle.passive.onFirstByte(ms);
+      },
+      finish: (outcome: AttemptOutcome, detail: string) => {
+        if (finished) return;
+        finished = true;
+        slowTimer?.cancel();
+        handle.inflight.delete(abort);
+        const verdict = handle.generation === generation ? handle.passive.onOutcome(outcome, detail) : undefined;
+        if (verdict) this.dispatch({ type: 'passive', instance: name, hard: verdict.hard, reason: verdict.reason });
+        if (handle.inflight.size === 0 && this.state.instances[name]?.state === 'draining') {
+          this.dispatch({ type: 'drained', instance: name });
+        }
+      },
+    };
+  }
+
+  private serveWaiters(): void {
+    for (const waiter of [...this.waiters]) {
+      const attempt = this.pick(waiter.tried);
+      if (!attempt) return;
+      waiter.cleanup();
+      waiter.resolve(attempt);
+    }
+  }
+
+  private checkDrained(): void {
+    for (const [name, handle] of this.handles) {
+      if (handle.inflight.size === 0 && this.state.instances[name]!.state === 'draining') {
+        queueMicrotask(() => this.dispatch({ type: 'drained', instance: name }));
+      }
+    }
+  }
+
+  private scheduleTick(): void {
+    this.tickTimer?.cancel();
+    this.tickTimer = undefined;
+    const deadline = nextDeadline(this.config, this.state);
+    if (deadline === undefined) return;
+    this.tickTimer = this.deps.clock.setTimeout(() => this.dispatch({ type: 'tick' }), deadline - this.deps.clock.now());
+  }
+
+  /** Keeps each instance's probe loop matching its state. */
+  private scheduleProbes(handle: InstanceHandle): void {
+    const status = this.state.instances[handle.config.name]!;
+    const { startup, ready } = handle.config.probes;
+    let mode: string;
+    let interval = 0;
+    switch (status.state) {
+      case 'starting':
+        mode = `startup:${handle.generation}`;
+        interval = startup.interval;
+        break;
+      case 'ready':
+        mode = 'ready';
+        interval = ready.interval;
+        break;
+      case 'suspect':
+        mode = 'suspect';
+        interval = ready.suspectInterval;
+        break;
+      case 'down':
+        mode = status.supervised ? 'none' : 'down';
+        interval = ready.suspectInterval;
+        break;
+      default:
+        mode = 'none';
+    }
+    if (mode === handle.probeMode) return;
+    handle.probeTimer?.cancel();
+    handle.probeMode = mode;
+    if (mode === 'none') {
+      handle.versionTimer?.cancel();
+      return;
+    }
+    const probe = mode.startsWith('startup') ? 'startup' : 'ready';
+    const check = probe === 'startup' ? startup : ready;
+    const loop = async () => {
+      const result = await runProbe(check, handle.url);
+      if (handle.probeMode !== mode || this.closed) return;
+      this.deps.onProbe(handle.config.name, probe, result.ok, result.ms);
+      this.dispatch({ type: 'probe', instance: handle.config.name, probe, ok: result.ok, detail: result.detail });
+      if (handle.probeMode === mode) handle.probeTimer = this.deps.clock.setTimeout(() => void loop(), interval);
+    };
+    // Starting instances are probed at once: a fast model load should not wait an interval.
+    handle.probeTimer = this.deps.clock.setTimeout(() => void loop(), probe === 'startup' ? 0 : interval);
+  }
+
+  private checkVersion(handle: InstanceHandle): void {
+    const version = this.config.version;
+    if (!version) return;
+    handle.versionTimer?.cancel();
+    const name = handle.config.name;
+    void readVersion(version.probe, handle.url).then((result) => {
+      if (this.closed) return;
+      this.dispatch({ type: 'version', instance: name, version: result.version, detail: result.detail });
+      const state = this.state.instances[name]!.state;
+      if (state === 'ready' || state === 'suspect') {
+        handle.versionTimer = this.deps.clock.setTimeout(() => this.checkVersion(handle), version.probe.interval);
+      }
+    });
+  }
+
+  private unavailable(message: string): ProxyError {
+    return new ProxyError('NO_READY_INSTANCE', 503, message, {
+      service: this.config.name,
+      reason: this.whyUnavailable(),
+      retryAfterSeconds: RETRY_AFTER_SECONDS,
+    });
+  }
+
+  private whyUnavailable(): string {
+    return Object.values(this.state.instances)
+      .map((i) => `${i.name} is ${i.state}${i.admitted ? '' : ' (version not admitted)'}: ${i.reason}`)
+      .join('; ');
+  }
+}

@@ -1,0 +1,136 @@
+import path from 'node:path';
+import type { Config } from '../config/index.js';
+import { systemClock, type Clock, type UnderstudyEvent } from '../core/index.js';
+import { EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
+import { Gateway, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
+import { ServiceController, type ServiceView } from './service.js';
+
+type Lifecycle = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+
+/**
+ * One running Understudy: the services' controllers, the gateway in front of
+ * them, and the event log, metrics and logs that watch them.
+ */
+export class Understudy {
+  readonly events: EventLog;
+  readonly metrics = new Metrics();
+  readonly log: Logger;
+  private readonly services = new Map<string, ServiceController>();
+  private readonly gateway: Gateway;
+  private lifecycle: Lifecycle = 'created';
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    readonly config: Config,
+    options: { clock?: Clock; log?: Logger } = {},
+  ) {
+    const clock = options.clock ?? systemClock;
+    this.log = options.log ?? createLogger(config.log.level);
+    this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'));
+    this.events.subscribe((event) => this.metrics.observe(event));
+    this.events.subscribe((event) => this.logEvent(event));
+
+    for (const service of config.services) {
+      const labels = { service: service.name };
+      this.services.set(
+        service.name,
+        new ServiceController(service, {
+          clock,
+          stateDir: config.stateDir,
+          publish: (event) => this.events.publish(event),
+          onProbe: (instance, probe, ok, ms) =>
+            this.metrics.probeDuration.observe({ ...labels, instance, probe, result: ok ? 'ok' : 'fail' }, ms / 1000),
+          onQueue: (depth) => this.metrics.queued.set(labels, depth),
+          onError: (message, error) => this.log.error({ err: error, service: service.name }, message),
+        }),
+      );
+      for (const instance of service.instances) this.metrics.instance(service.name, instance.name, 'stopped');
+    }
+    this.gateway = new Gateway(this.listeners(), this.hooks());
+  }
+
+  service(name: string): ServiceController | undefined {
+    return this.services.get(name);
+  }
+
+  status(): ServiceView[] {
+    return [...this.services.values()].map((service) => service.view());
+  }
+
+  gatewayAddresses(): { host: string; port: number }[] {
+    return this.gateway.addresses();
+  }
+
+  async start(): Promise<void> {
+    if (this.lifecycle !== 'created') throw new Error(`cannot start Understudy: it is ${this.lifecycle}`);
+    this.lifecycle = 'starting';
+    try {
+      await this.events.loadHistory();
+      await this.gateway.start();
+      for (const service of this.services.values()) service.boot();
+      this.lifecycle = 'running';
+    } catch (error) {
+      this.lifecycle = 'failed';
+      await this.close();
+      throw error;
+    }
+  }
+
+  /** Stops taking requests, finishes in-flight ones (up to `deadlineMs`), stops instances. Safe to call twice. */
+  close(deadlineMs = 10_000): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.lifecycle !== 'failed') this.lifecycle = 'stopping';
+      const step = async (what: string, fn: () => Promise<void>) => {
+        try {
+          await fn();
+        } catch (error) {
+          this.log.error({ err: error }, `shutdown: ${what} failed`);
+        }
+      };
+      await step('closing the gateway', () => this.gateway.close(deadlineMs));
+      await step('stopping services', async () => {
+        await Promise.all([...this.services.values()].map((service) => service.close()));
+      });
+      await step('flushing events', () => this.events.close());
+      this.lifecycle = 'stopped';
+    })();
+    return this.closing;
+  }
+
+  private listeners(): ListenerSpec[] {
+    const shared: ListenerSpec = { ...this.config.gateway.listen, routes: [] };
+    const listeners: ListenerSpec[] = [];
+    for (const service of this.config.services) {
+      const upstreams = this.services.get(service.name)!;
+      const { route } = service;
+      if (route.listen) listeners.push({ ...route.listen, routes: [{ upstreams, stripPrefix: false }] });
+      if (route.pathPrefix !== undefined || route.host !== undefined) {
+        shared.routes.push({ upstreams, pathPrefix: route.pathPrefix, host: route.host, stripPrefix: route.stripPrefix });
+      }
+    }
+    return shared.routes.length > 0 ? [shared, ...listeners] : listeners;
+  }
+
+  private hooks(): ProxyHooks {
+    const access = this.config.log.access;
+    return {
+      onRequest: (report: RequestReport) => {
+        const outcome = report.outcome === 'ok' ? String(report.status) : report.outcome;
+        this.metrics.requests.inc({ service: report.service, instance: report.instance ?? 'none', outcome });
+        this.metrics.duration.observe({ service: report.service, outcome: report.outcome }, report.ms / 1000);
+        if (access || report.outcome !== 'ok') {
+          const level = report.outcome === 'ok' || report.outcome === 'client-abort' ? 'info' : 'warn';
+          this.log[level]({ ...report, ms: Math.round(report.ms * 100) / 100 }, 'request');
+        }
+      },
+      onAttempt: (service, instance, outcome) => this.metrics.attempts.inc({ service, instance, outcome }),
+      onRetry: (service, reason) => this.metrics.retries.inc({ service, reason }),
+    };
+  }
+
+  private logEvent(event: UnderstudyEvent): void {
+    const quiet = event.type === 'instance-state' && (event.to === 'ready' || event.to === 'starting');
+    const calm = quiet || (event.type === 'active-changed' && event.kind === 'initial');
+    this.log[calm ? 'info' : 'warn']({ event }, `${event.service}: ${event.type}: ${event.reason}`);
+  }
+}

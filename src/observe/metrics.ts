@@ -1,0 +1,107 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { InstanceState, UnderstudyEvent } from '../core/index.js';
+
+const STATES: InstanceState[] = ['stopped', 'starting', 'ready', 'suspect', 'down', 'draining', 'quarantined'];
+
+/** Prometheus metrics. Requests are counted by the proxy; state metrics follow the events. */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly requests = new Counter({
+    name: 'understudy_requests_total',
+    help: 'Requests answered to clients, by service, the instance that answered and outcome.',
+    labelNames: ['service', 'instance', 'outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly attempts = new Counter({
+    name: 'understudy_attempts_total',
+    help: 'Attempts sent to instances, by outcome (ok, status, connect, reset, timeout, instance-down, ...).',
+    labelNames: ['service', 'instance', 'outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly retries = new Counter({
+    name: 'understudy_retries_total',
+    help: 'Attempts retried on another instance before any byte reached the client.',
+    labelNames: ['service', 'reason'] as const,
+    registers: [this.registry],
+  });
+
+  readonly duration = new Histogram({
+    name: 'understudy_request_duration_seconds',
+    help: 'Time from the request head to the end of the response, as the client sees it.',
+    labelNames: ['service', 'outcome'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+
+  readonly queued = new Gauge({
+    name: 'understudy_queue_depth',
+    help: 'Requests waiting for a ready instance.',
+    labelNames: ['service'] as const,
+    registers: [this.registry],
+  });
+
+  readonly failovers = new Counter({
+    name: 'understudy_active_changes_total',
+    help: 'Moves of the active instance, by kind (initial, failover, switchover, failback, recovered).',
+    labelNames: ['service', 'kind'] as const,
+    registers: [this.registry],
+  });
+
+  readonly instanceState = new Gauge({
+    name: 'understudy_instance_state',
+    help: '1 for the state each instance is in, 0 for the others.',
+    labelNames: ['service', 'instance', 'state'] as const,
+    registers: [this.registry],
+  });
+
+  readonly active = new Gauge({
+    name: 'understudy_instance_active',
+    help: '1 for the instance that takes the service traffic.',
+    labelNames: ['service', 'instance'] as const,
+    registers: [this.registry],
+  });
+
+  readonly probeDuration = new Histogram({
+    name: 'understudy_probe_duration_seconds',
+    help: 'Active probe latency, by probe kind and result.',
+    labelNames: ['service', 'instance', 'probe', 'result'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
+    registers: [this.registry],
+  });
+
+  readonly events = new Counter({
+    name: 'understudy_events_total',
+    help: 'Events by type.',
+    labelNames: ['service', 'type'] as const,
+    registers: [this.registry],
+  });
+
+  private readonly activeOf = new Map<string, string>();
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'understudy_process_' });
+  }
+
+  instance(service: string, instance: string, state: InstanceState): void {
+    for (const s of STATES) this.instanceState.set({ service, instance, state: s }, s === state ? 1 : 0);
+  }
+
+  observe(event: UnderstudyEvent): void {
+    this.events.inc({ service: event.service, type: event.type });
+    if (event.type === 'instance-state') this.instance(event.service, event.instance, event.to);
+    if (event.type === 'active-changed') this.failovers.inc({ service: event.service, kind: event.kind });
+    if (event.type === 'active-changed' || event.type === 'no-ready-instance') {
+      const previous = this.activeOf.get(event.service);
+      if (previous) this.active.set({ service: event.service, instance: previous }, 0);
+      if (event.type === 'active-changed') {
+        this.active.set({ service: event.service, instance: event.to }, 1);
+        this.activeOf.set(event.service, event.to);
+      } else {
+        this.activeOf.delete(event.service);
+      }
+    }
+  }
+}

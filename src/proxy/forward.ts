@@ -1,0 +1,258 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable, pipeline } from 'node:stream';
+import { errors as undiciErrors, type Dispatcher } from 'undici';
+import type { AttemptOutcome } from '../health/index.js';
+import { InstanceDownError, ProxyError } from './errors.js';
+import { downstreamHeaders, upstreamHeaders } from './headers.js';
+import type { Attempt, Upstreams } from './types.js';
+
+/** What the gateway reports about each request, for metrics and access logs. */
+export interface RequestReport {
+  service: string;
+  instance: string | null;
+  method: string;
+  path: string;
+  requestId: string;
+  status: number;
+  /** ok, error (answered by the gateway), cut (broken after bytes reached the client), client-abort. */
+  outcome: 'ok' | 'error' | 'cut' | 'client-abort';
+  attempts: number;
+  ms: number;
+  error?: string;
+}
+
+export interface ProxyHooks {
+  onRequest(report: RequestReport): void;
+  onAttempt(service: string, instance: string, outcome: AttemptOutcome): void;
+  onRetry(service: string, reason: string): void;
+}
+
+type Body = Buffer | Readable | null;
+
+const RETRYABLE: ReadonlySet<AttemptOutcome> = new Set(['connect', 'reset', 'instance-down']);
+
+/**
+ * Forwards one request to the service, retrying on another instance while no byte
+ * of the response has reached the client. Once the head is sent, a failure cuts
+ * the response so the client sees an error, never a clean end.
+ */
+export async function forward(
+  req: IncomingMessage,
+  res: ServerResponse,
+  upstreams: Upstreams,
+  path: string,
+  requestId: string,
+  hooks: ProxyHooks,
+): Promise<void> {
+  const config = upstreams.config;
+  const started = performance.now();
+  const report = (status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string) =>
+    hooks.onRequest({
+      service: config.name,
+      instance,
+      method: req.method ?? 'GET',
+      path,
+      requestId,
+      status,
+      outcome,
+      attempts,
+      ms: performance.now() - started,
+      ...(error === undefined ? {} : { error }),
+    });
+
+  const client = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) client.abort(new ProxyError('CLIENT_GONE', 499, 'the client closed the connection'));
+  });
+  const total = AbortSignal.timeout(config.timeouts.total);
+  const requestSignal = AbortSignal.any([client.signal, total]);
+
+  let body: Body;
+  let retryable: boolean;
+  try {
+    ({ body, retryable } = await readBody(req, config.retry.bodyLimit, config.limits.body));
+  } catch (error) {
+    const failure = asProxyError(error, config.name);
+    respondError(res, failure, requestId);
+    report(failure.status, 'error', null, 0, failure.message);
+    return;
+  }
+
+  const headers = upstreamHeaders(req, requestId);
+  const tried = new Set<string>();
+  let last: ProxyError | undefined;
+
+  for (let n = 1; n <= config.retry.attempts; n++) {
+    let attempt: Attempt;
+    try {
+      attempt = await upstreams.acquire(tried, requestSignal);
+    } catch (error) {
+      if (client.signal.aborted) return report(499, 'client-abort', null, n - 1);
+      const failure = last ?? asProxyError(error, config.name);
+      respondError(res, failure, requestId);
+      return report(failure.status, 'error', null, n - 1, failure.message);
+    }
+    tried.add(attempt.instance);
+    const signal = AbortSignal.any([requestSignal, attempt.signal]);
+    const sent = performance.now();
+
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await attempt.dispatcher.request({
+        path,
+        method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+        headers,
+        body,
+        signal,
+        headersTimeout: config.timeouts.firstByte,
+        bodyTimeout: config.timeouts.idle,
+      });
+    } catch (error) {
+      const [outcome, detail] = classify(error, client.signal, total, attempt.signal);
+      attempt.finish(outcome, detail);
+      hooks.onAttempt(config.name, attempt.instance, outcome);
+      if (outcome === 'client-abort') return report(499, 'client-abort', attempt.instance, n);
+      // A streamed body that outgrew limits.body ends the request with the gateway's own 413.
+      last = error instanceof ProxyError ? error : failureFor(outcome, detail, attempt.instance, config.name, n);
+      if (RETRYABLE.has(outcome) && retryable && n < config.retry.attempts) {
+        hooks.onRetry(config.name, outcome);
+        continue;
+      }
+      respondError(res, last, requestId);
+      return report(last.status, 'error', attempt.instance, n, last.message);
+    }
+
+    attempt.firstByte(performance.now() - sent);
+    const status = response.statusCode;
+    if (config.retry.statuses.includes(status) && retryable && n < config.retry.attempts) {
+      attempt.finish(status >= 500 ? 'status' : 'ok', `answered ${status}`);
+      hooks.onAttempt(config.name, attempt.instance, 'status');
+      hooks.onRetry(config.name, `status ${status}`);
+      response.body.dump().catch(() => {});
+      last = new ProxyError('UPSTREAM_STATUS', 502, `${attempt.instance} answered ${status}`, { service: config.name });
+      continue;
+    }
+
+    const responseHeaders = downstreamHeaders(response.headers);
+    responseHeaders['x-request-id'] = requestId;
+    responseHeaders['x-understudy-instance'] = attempt.instance;
+    try {
+      res.writeHead(status, responseHeaders);
+    } catch (error) {
+      // Invalid headers from the instance: nothing was sent yet, so say so cleanly.
+      response.body.destroy();
+      attempt.finish('error', `invalid response head: ${(error as Error).message}`);
+      const failure = new ProxyError('UPSTREAM_INVALID', 502, `${attempt.instance} sent an invalid response head`, {
+        service: config.name,
+      });
+      respondError(res, failure, requestId);
+      return report(502, 'error', attempt.instance, n, failure.message);
+    }
+    const instance = attempt.instance;
+    await new Promise<void>((resolve) => {
+      pipeline(response.body, res, (error) => {
+        if (!error) {
+          const outcome = status >= 500 ? 'status' : 'ok';
+          attempt.finish(outcome, `answered ${status}`);
+          hooks.onAttempt(config.name, instance, outcome);
+          report(status, 'ok', instance, n);
+        } else {
+          const [outcome, detail] = classify(error, client.signal, total, attempt.signal);
+          attempt.finish(outcome, `response broke: ${detail}`);
+          hooks.onAttempt(config.name, instance, outcome);
+          // pipeline destroyed the response: the client sees a cut body, not a clean end.
+          res.destroy();
+          report(status, outcome === 'client-abort' ? 'client-abort' : 'cut', instance, n, detail);
+        }
+        resolve();
+      });
+    });
+    return;
+  }
+}
+
+/**
+ * Reads the request body into memory up to `keepLimit` so it can be sent again;
+ * a larger body streams through once (no retry). `maxBody` is enforced either way.
+ */
+async function readBody(req: IncomingMessage, keepLimit: number, maxBody: number): Promise<{ body: Body; retryable: boolean }> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > maxBody) throw tooLarge(maxBody);
+  if (declared === undefined && req.headers['transfer-encoding'] === undefined) return { body: null, retryable: true };
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const iterator = req[Symbol.asyncIterator]();
+  for (;;) {
+    const next = await iterator.next();
+    if (next.done) return { body: Buffer.concat(chunks, size), retryable: true };
+    const chunk = next.value as Buffer;
+    chunks.push(chunk);
+    size += chunk.length;
+    if (size > maxBody) throw tooLarge(maxBody);
+    if (size > keepLimit) return { body: Readable.from(rest(chunks, size, iterator, maxBody)), retryable: false };
+  }
+}
+
+async function* rest(head: Buffer[], size: number, iterator: AsyncIterator<unknown>, maxBody: number): AsyncIterable<Buffer> {
+  yield* head;
+  for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
+    const chunk = next.value as Buffer;
+    size += chunk.length;
+    if (size > maxBody) throw tooLarge(maxBody);
+    yield chunk;
+  }
+}
+
+function tooLarge(maxBody: number): ProxyError {
+  return new ProxyError('BODY_TOO_LARGE', 413, `the request body is larger than the service's limit of ${maxBody} bytes`, {
+    limitBytes: maxBody,
+  });
+}
+
+const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+
+function classify(error: unknown, client: AbortSignal, total: AbortSignal, instance: AbortSignal): [AttemptOutcome, string] {
+  if (client.aborted) return ['client-abort', 'the client closed the connection'];
+  if (instance.aborted) return ['instance-down', (instance.reason as Error).message];
+  if (total.aborted) return ['timeout', 'the total timeout passed'];
+  const err = error as { code?: string; message?: string; cause?: { code?: string } };
+  const code = err.code === 'UND_ERR_SOCKET' && err.cause?.code ? err.cause.code : err.code;
+  if (error instanceof undiciErrors.HeadersTimeoutError) return ['timeout', 'no response head within timeouts.firstByte'];
+  if (error instanceof undiciErrors.BodyTimeoutError) return ['stalled', 'the response stalled longer than timeouts.idle'];
+  if (code !== undefined && CONNECT_CODES.has(code)) return ['connect', `connect ${code}`];
+  if (code !== undefined && RESET_CODES.has(code)) return ['reset', `${code}: ${err.message ?? ''}`.trim()];
+  if (error instanceof ProxyError) return ['error', error.message];
+  return ['error', err.message ?? String(error)];
+}
+
+function failureFor(outcome: AttemptOutcome, detail: string, instance: string, service: string, attempts: number): ProxyError {
+  if (outcome === 'timeout' || outcome === 'stalled') {
+    return new ProxyError('UPSTREAM_TIMEOUT', 504, `${instance}: ${detail}`, { service, attempts });
+  }
+  return new ProxyError('UPSTREAM_UNAVAILABLE', 502, `no instance could answer; last: ${instance}: ${detail}`, {
+    service,
+    attempts,
+  });
+}
+
+function asProxyError(error: unknown, service: string): ProxyError {
+  if (error instanceof ProxyError) return error;
+  if (error instanceof InstanceDownError) return new ProxyError('UPSTREAM_UNAVAILABLE', 502, error.message, { service });
+  return new ProxyError('GATEWAY_ERROR', 500, (error as Error).message ?? String(error), { service });
+}
+
+export function respondError(res: ServerResponse, error: ProxyError, requestId: string): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  const body = error.body(requestId);
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    'x-request-id': requestId,
+  };
+  if (error.details.retryAfterSeconds !== undefined) headers['retry-after'] = error.details.retryAfterSeconds;
+  res.writeHead(error.status, headers).end(body);
+}

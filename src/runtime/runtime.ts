@@ -1,0 +1,30 @@
+import { UnderstudyError } from '../core/index.js';
+
+/** How an instance is run. One per instance; `start` and `stop` never overlap. */
+export interface Runtime {
+  readonly kind: 'external' | 'process';
+  /** Starts the instance; rejects with a StartError when it cannot (a pre-start check failed). */
+  start(): Promise<void>;
+  /** Stops the instance: SIGTERM, the grace period, then SIGKILL. Safe to call when stopped. */
+  stop(): Promise<void>;
+  /** Called when the instance ends without being asked to. */
+  onExit(listener: (code: number | null, signal: string | null) => void): void;
+  /** Process id while running, for status and drills. */
+  readonly pid: number | undefined;
+}
+
+export class StartError extends UnderstudyError {
+  override name = 'StartError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('START_FAILED', message, true, options);
+  }
+}
+
+/** An instance someone else runs: Understudy only watches it. */
+export class ExternalRuntime implements Runtime {
+  readonly kind = 'external';
+  readonly pid = undefined;
+  async start(): Promise<void> {}
+  async stop(): Promise<void> {}
+  onExit(): void {}
+}
