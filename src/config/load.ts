@@ -151,6 +151,7 @@ function crossCheck(config: Config): Problem[] {
   const problems: Problem[] = [];
   const listeners = new Map<string, string>();
   const claim = (address: { host: string; port: number }, owner: string, at: PropertyKey[]) => {
+    if (address.port === 0) return; // any free port: never a clash
     const key = `${address.host}:${address.port}`;
     const other = listeners.get(key);
     if (other) problems.push({ at, message: `${key} is already used by ${other}` });
