@@ -88,7 +88,8 @@ export async function forward(
       attempt = await upstreams.acquire(tried, requestSignal);
     } catch (error) {
       if (client.signal.aborted) return report(499, 'client-abort', null, n - 1);
-      const failure = last ?? asProxyError(error, config.name);
+      // Nothing can take the request now: the queue's 503 says why, better than the last attempt's error.
+      const failure = asProxyError(error, config.name);
       respondError(res, failure, requestId);
       return report(failure.status, 'error', null, n - 1, failure.message);
     }
