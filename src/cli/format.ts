@@ -27,7 +27,7 @@ export function formatStatus(services: ServiceView[]): string {
           i.tier,
           i.state,
           ago(i.since),
-          `${i.version ?? '-'}${i.admitted ? '' : ' (not admitted)'}`,
+          `${i.version ?? '-'}${i.admitted || i.version === null ? '' : ' (not admitted)'}`,
           String(i.inflight),
           i.pid === null ? '-' : String(i.pid),
           i.reason,

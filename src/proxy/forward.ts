@@ -30,6 +30,8 @@ export interface ProxyHooks {
 type Body = Buffer | Readable | null;
 
 const RETRYABLE: ReadonlySet<AttemptOutcome> = new Set(['connect', 'reset', 'instance-down']);
+/** Refused connections one request may meet before it fails: each takes an instance out, so this only bounds a flapping fleet. */
+const MAX_REFUSED = 10;
 
 /**
  * Forwards one request to the service, retrying on another instance while no byte
@@ -80,9 +82,13 @@ export async function forward(
 
   const headers = upstreamHeaders(req, requestId);
   const tried = new Set<string>();
-  let last: ProxyError | undefined;
+  // Attempts that may have reached a model count against retry.attempts; a refused
+  // connection did no work, so it only takes that instance out and tries the next.
+  let counted = 0;
+  let refused = 0;
 
-  for (let n = 1; n <= config.retry.attempts; n++) {
+  for (;;) {
+    const n = counted + refused + 1;
     let attempt: Attempt;
     try {
       attempt = await upstreams.acquire(tried, requestSignal);
@@ -96,6 +102,7 @@ export async function forward(
     tried.add(attempt.instance);
     const signal = AbortSignal.any([requestSignal, attempt.signal]);
     const sent = performance.now();
+    const lastChance = counted + 1 >= config.retry.attempts;
 
     let response: Dispatcher.ResponseData;
     try {
@@ -113,24 +120,30 @@ export async function forward(
       attempt.finish(outcome, detail);
       hooks.onAttempt(config.name, attempt.instance, outcome);
       if (outcome === 'client-abort') return report(499, 'client-abort', attempt.instance, n);
-      // A streamed body that outgrew limits.body ends the request with the gateway's own 413.
-      last = error instanceof ProxyError ? error : failureFor(outcome, detail, attempt.instance, config.name, n);
-      if (RETRYABLE.has(outcome) && retryable && n < config.retry.attempts) {
+      if (outcome === 'connect' && retryable && refused < MAX_REFUSED) {
+        refused += 1;
         hooks.onRetry(config.name, outcome);
         continue;
       }
-      respondError(res, last, requestId);
-      return report(last.status, 'error', attempt.instance, n, last.message);
+      counted += 1;
+      if (RETRYABLE.has(outcome) && retryable && !lastChance) {
+        hooks.onRetry(config.name, outcome);
+        continue;
+      }
+      // A streamed body that outgrew limits.body ends the request with the gateway's own 413.
+      const failure = error instanceof ProxyError ? error : failureFor(outcome, detail, attempt.instance, config.name, n);
+      respondError(res, failure, requestId);
+      return report(failure.status, 'error', attempt.instance, n, failure.message);
     }
 
+    counted += 1;
     attempt.firstByte(performance.now() - sent);
     const status = response.statusCode;
-    if (config.retry.statuses.includes(status) && retryable && n < config.retry.attempts) {
+    if (config.retry.statuses.includes(status) && retryable && !lastChance) {
       attempt.finish(status >= 500 ? 'status' : 'ok', `answered ${status}`);
       hooks.onAttempt(config.name, attempt.instance, 'status');
       hooks.onRetry(config.name, `status ${status}`);
       response.body.dump().catch(() => {});
-      last = new ProxyError('UPSTREAM_STATUS', 502, `${attempt.instance} answered ${status}`, { service: config.name });
       continue;
     }
 

@@ -17,7 +17,11 @@ const processInstance = (port: number, name: string, extra = '') =>
 
 describe('a cold standby', () => {
   it('is started when nothing else can serve, and requests wait for it instead of failing', async () => {
-    const primary = await startModelServer({ name: 'primary', latencyMs: 10, waitFor: 'ready' });
+    const [primary, hot, hot2] = await Promise.all([
+      startModelServer({ name: 'primary', latencyMs: 10, waitFor: 'ready' }),
+      startModelServer({ name: 'hot', latencyMs: 10, waitFor: 'ready' }),
+      startModelServer({ name: 'hot2', latencyMs: 10, waitFor: 'ready' }),
+    ]);
     const coldPort = await freePort();
     const gateway = await startGateway(`
 stateDir: STATE
@@ -27,6 +31,8 @@ services:
     route: { pathPrefix: / }
     instances:
       primary: { tier: primary, url: "${primary.url}" }
+      hot: { tier: hot, url: "${hot.url}" }
+      hot2: { tier: hot, url: "${hot2.url}" }
       cold:
         tier: cold
         url: "http://127.0.0.1:${coldPort}"
@@ -34,7 +40,9 @@ services:
         probes: { startup: { http: { path: /health }, interval: 50ms, budget: 30s } }
 `);
     await gateway.event(on.active('primary'));
-    expect(gateway.app.service('infer')!.view().instances[1]!.state).toBe('stopped');
+    await gateway.event(on.state('hot', 'ready'));
+    await gateway.event(on.state('hot2', 'ready'));
+    expect(gateway.app.service('infer')!.view().instances[3]!.state).toBe('stopped');
 
     let answered = 0;
     const run = await runLoad({
@@ -44,7 +52,9 @@ services:
       timeoutMs: 10_000,
       tagHeader: 'x-understudy-instance',
       onResult: () => {
-        if (++answered === 20) primary.kill('SIGKILL');
+        if (++answered !== 20) return;
+        // Every running instance at once, more of them than retry.attempts: only the cold standby is left.
+        for (const server of [primary, hot, hot2]) server.kill('SIGKILL');
       },
     });
     expect(run.results.filter((r) => r.status !== 200).map((r) => `${r.status} ${r.error}`)).toEqual([]);
