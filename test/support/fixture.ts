@@ -96,7 +96,8 @@ export async function fetchStats(url: string): Promise<ModelServerStats> {
 
 /** Spawns test/fixtures/model-server.mjs; stop it with stop() or stopAll(). */
 export async function startModelServer(options: ModelServerOptions = {}): Promise<ModelServer> {
-  const proc = fork(MODEL_SERVER_PATH, toArgs(options), { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  // Plain node: the parent's loader flags (tsx, vitest) would only slow the fixture down.
+  const proc = fork(MODEL_SERVER_PATH, toArgs(options), { execArgv: [], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   const output = captureTail([proc.stderr]);
   let port: number;
   try {

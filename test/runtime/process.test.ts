@@ -1,0 +1,119 @@
+import { mkdtempSync, readFileSync, watch } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ProcessRuntime, StartError } from '../../src/runtime/index.js';
+import { MODEL_SERVER_PATH } from '../support/fixture.js';
+import { freePort } from '../support/ports.js';
+
+function runtime(args: string[], options: { stopGrace?: number; requires?: string[] } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'understudy-rt-'));
+  const log = path.join(dir, 'logs', 'svc.a.log');
+  const rt = new ProcessRuntime(
+    {
+      type: 'process',
+      command: [process.execPath, MODEL_SERVER_PATH, ...args],
+      cwd: dir,
+      env: { FIXTURE_MARK: 'from-config' },
+      stopGrace: options.stopGrace ?? 5000,
+      requires: options.requires ?? [],
+      restartDelay: 1000,
+      restartDelayMax: 30_000,
+    },
+    log,
+  );
+  return { rt, log };
+}
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('process runtime', () => {
+  it('stops a model server that ignores SIGTERM with SIGKILL after the grace period', async () => {
+    const port = await freePort();
+    const { rt, log } = runtime(['--port', String(port), '--ignore-sigterm'], { stopGrace: 400 });
+    await rt.start();
+    const pid = rt.pid!;
+    // Its log file gets the server's output: once it says it listens, its SIGTERM handler is in place.
+    await fileContains(log, `listening ${port}`);
+    const started = Date.now();
+    await rt.stop();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(400);
+    expect(alive(pid)).toBe(false);
+    expect(readFileSync(log, 'utf8')).toContain('understudy starts:');
+  });
+
+  it('stops a well-behaved server with SIGTERM alone, without waiting for the grace period', async () => {
+    const { rt } = runtime(['--port', String(await freePort())], { stopGrace: 10_000 });
+    await rt.start();
+    const started = Date.now();
+    await rt.stop();
+    expect(Date.now() - started).toBeLessThan(5000);
+    await rt.stop(); // twice is fine
+  });
+
+  it('reports an exit it did not ask for, and not one it did', async () => {
+    const { rt } = runtime(['--port', String(await freePort()), '--exit-after', '100', '--exit-code', '7']);
+    const exits: (number | null)[] = [];
+    const exited = new Promise<void>((resolve) =>
+      rt.onExit((code) => {
+        exits.push(code);
+        resolve();
+      }),
+    );
+    await rt.start();
+    await exited;
+    expect(exits).toEqual([7]);
+    await rt.start();
+    await rt.stop();
+    expect(exits).toEqual([7]);
+  });
+
+  it('refuses to start when a required path is missing, naming it', async () => {
+    const { rt } = runtime(['--port', '0'], { requires: ['/nonexistent/model-dir'] });
+    await expect(rt.start()).rejects.toThrow(new StartError('pre-start check failed: /nonexistent/model-dir does not exist'));
+    expect(rt.pid).toBeUndefined();
+  });
+
+  it('says so when the program does not exist', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'understudy-rt-'));
+    const rt = new ProcessRuntime(
+      { type: 'process', command: ['/no/such/program'], cwd: dir, env: {}, stopGrace: 100, requires: [], restartDelay: 1, restartDelayMax: 1 },
+      path.join(dir, 'x.log'),
+    );
+    await expect(rt.start()).rejects.toThrow(/could not run \/no\/such\/program: spawn \/no\/such\/program ENOENT/);
+  });
+
+  it('stops a SIGSTOPped server (SIGCONT first, so SIGTERM can act)', async () => {
+    const { rt } = runtime(['--port', String(await freePort())], { stopGrace: 10_000 });
+    await rt.start();
+    process.kill(rt.pid!, 'SIGSTOP');
+    const started = Date.now();
+    await rt.stop();
+    expect(Date.now() - started).toBeLessThan(5000);
+  }, 15_000);
+});
+
+/** Resolves when the file contains the text, woken by file changes (fs.watch), bounded. */
+function fileContains(file: string, text: string, timeoutMs = 10_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (!readFileSync(file, 'utf8').includes(text)) return;
+      watcher.close();
+      clearTimeout(timer);
+      resolve();
+    };
+    const watcher = watch(file, check);
+    const timer = setTimeout(() => {
+      watcher.close();
+      reject(new Error(`${file} did not contain ${JSON.stringify(text)} within ${timeoutMs}ms`));
+    }, timeoutMs);
+    check();
+  });
+}
