@@ -62,12 +62,44 @@ export async function forward(
       ...(error === undefined ? {} : { error }),
     });
 
-  const client = new AbortController();
+  // One controller for the whole request, aborted when the client leaves or the total
+  // timeout passes. (AbortSignal.any and AbortSignal.timeout cost too much per request on Node 20.)
+  const request = new AbortController();
+  const requestSignal = request.signal;
+  const ended = { client: false, total: false };
   res.once('close', () => {
-    if (!res.writableFinished) client.abort(new ProxyError('CLIENT_GONE', 499, 'the client closed the connection'));
+    if (res.writableFinished || requestSignal.aborted) return;
+    ended.client = true;
+    request.abort(new ProxyError('CLIENT_GONE', 499, 'the client closed the connection'));
   });
-  const total = AbortSignal.timeout(config.timeouts.total);
-  const requestSignal = AbortSignal.any([client.signal, total]);
+  const totalTimer = setTimeout(() => {
+    ended.total = true;
+    request.abort(new ProxyError('UPSTREAM_TIMEOUT', 504, `the request took longer than timeouts.total (${config.timeouts.total}ms)`));
+  }, config.timeouts.total);
+  try {
+    await attempts({ req, res, upstreams, path, requestId, hooks, requestSignal, ended, report });
+  } finally {
+    clearTimeout(totalTimer);
+  }
+}
+
+/** One client request on its way through the gateway. */
+interface Exchange {
+  req: IncomingMessage;
+  res: ServerResponse;
+  upstreams: Upstreams;
+  path: string;
+  requestId: string;
+  hooks: ProxyHooks;
+  /** Aborted when the client leaves or timeouts.total passes; `ended` says which. */
+  requestSignal: AbortSignal;
+  ended: { client: boolean; total: boolean };
+  report(status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string): void;
+}
+
+async function attempts(exchange: Exchange): Promise<void> {
+  const { req, res, upstreams, path, requestId, hooks, requestSignal, ended, report } = exchange;
+  const config = upstreams.config;
 
   let body: Body;
   let retryable: boolean;
@@ -93,14 +125,15 @@ export async function forward(
     try {
       attempt = await upstreams.acquire(tried, requestSignal);
     } catch (error) {
-      if (client.signal.aborted) return report(499, 'client-abort', null, n - 1);
+      if (ended.client) return report(499, 'client-abort', null, n - 1);
       // Nothing can take the request now: the queue's 503 says why, better than the last attempt's error.
       const failure = asProxyError(error, config.name);
       respondError(res, failure, requestId);
       return report(failure.status, 'error', null, n - 1, failure.message);
     }
     tried.add(attempt.instance);
-    const signal = AbortSignal.any([requestSignal, attempt.signal]);
+    const link = linked(requestSignal, attempt.signal);
+    const signal = link.signal;
     const sent = performance.now();
     const lastChance = counted + 1 >= config.retry.attempts;
 
@@ -116,7 +149,8 @@ export async function forward(
         bodyTimeout: config.timeouts.idle,
       });
     } catch (error) {
-      const [outcome, detail] = classify(error, client.signal, total, attempt.signal);
+      link.dispose();
+      const [outcome, detail] = classify(error, ended, attempt.signal);
       attempt.finish(outcome, detail);
       hooks.onAttempt(config.name, attempt.instance, outcome);
       if (outcome === 'client-abort') return report(499, 'client-abort', attempt.instance, n);
@@ -143,6 +177,7 @@ export async function forward(
       attempt.finish(status >= 500 ? 'status' : 'ok', `answered ${status}`);
       hooks.onAttempt(config.name, attempt.instance, 'status');
       hooks.onRetry(config.name, `status ${status}`);
+      link.dispose();
       response.body.dump().catch(() => {});
       continue;
     }
@@ -154,6 +189,7 @@ export async function forward(
       res.writeHead(status, responseHeaders);
     } catch (error) {
       // Invalid headers from the instance: nothing was sent yet, so say so cleanly.
+      link.dispose();
       response.body.destroy();
       attempt.finish('error', `invalid response head: ${(error as Error).message}`);
       const failure = new ProxyError('UPSTREAM_INVALID', 502, `${attempt.instance} sent an invalid response head`, {
@@ -165,13 +201,14 @@ export async function forward(
     const instance = attempt.instance;
     await new Promise<void>((resolve) => {
       pipeline(response.body, res, (error) => {
+        link.dispose();
         if (!error) {
           const outcome = status >= 500 ? 'status' : 'ok';
           attempt.finish(outcome, `answered ${status}`);
           hooks.onAttempt(config.name, instance, outcome);
           report(status, 'ok', instance, n);
         } else {
-          const [outcome, detail] = classify(error, client.signal, total, attempt.signal);
+          const [outcome, detail] = classify(error, ended, attempt.signal);
           attempt.finish(outcome, `response broke: ${detail}`);
           hooks.onAttempt(config.name, instance, outcome);
           // pipeline destroyed the response: the client sees a cut body, not a clean end.
@@ -226,10 +263,28 @@ function tooLarge(maxBody: number): ProxyError {
 const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
 const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 
-function classify(error: unknown, client: AbortSignal, total: AbortSignal, instance: AbortSignal): [AttemptOutcome, string] {
-  if (client.aborted) return ['client-abort', 'the client closed the connection'];
+/** A signal that aborts when either input does; dispose() unhooks it once the attempt is over. */
+function linked(a: AbortSignal, b: AbortSignal): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onA = () => controller.abort(a.reason);
+  const onB = () => controller.abort(b.reason);
+  if (a.aborted) onA();
+  else a.addEventListener('abort', onA, { once: true });
+  if (b.aborted) onB();
+  else b.addEventListener('abort', onB, { once: true });
+  return {
+    signal: controller.signal,
+    dispose() {
+      a.removeEventListener('abort', onA);
+      b.removeEventListener('abort', onB);
+    },
+  };
+}
+
+function classify(error: unknown, ended: { client: boolean; total: boolean }, instance: AbortSignal): [AttemptOutcome, string] {
+  if (ended.client) return ['client-abort', 'the client closed the connection'];
   if (instance.aborted) return ['instance-down', (instance.reason as Error).message];
-  if (total.aborted) return ['timeout', 'the total timeout passed'];
+  if (ended.total) return ['timeout', 'the total timeout passed'];
   const err = error as { code?: string; message?: string; cause?: { code?: string } };
   const code = err.code === 'UND_ERR_SOCKET' && err.cause?.code ? err.cause.code : err.code;
   if (error instanceof undiciErrors.HeadersTimeoutError) return ['timeout', 'no response head within timeouts.firstByte'];
