@@ -59,7 +59,8 @@ program
   .action((options: { config: string }) => {
     const config = load(options.config);
     const instances = config.services.reduce((n, s) => n + s.instances.length, 0);
-    console.log(`${config.file}: valid (${config.services.length} services, ${instances} instances)`);
+    const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+    console.log(`${config.file}: valid (${plural(config.services.length, 'service')}, ${plural(instances, 'instance')})`);
   });
 
 program

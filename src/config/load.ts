@@ -58,7 +58,7 @@ export function loadConfigFile(file: string): Config {
 /** Parses and checks a configuration; every mistake found is reported at once, with file, line and field. */
 export function parseConfig(text: string, file: string): Config {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
   const locate = locator(doc, lines, file);
 
   if (doc.errors.length > 0) {
@@ -66,13 +66,14 @@ export function parseConfig(text: string, file: string): Config {
       file,
       doc.errors.map((error) => {
         const pos = error.linePos?.[0];
-        return { file, line: pos?.line, column: pos?.col, field: '', message: error.message.split('\n')[0]! };
+        const message = error.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+        return { file, line: pos?.line, column: pos?.col, field: '', message };
       }),
     );
   }
   if (!isMap(doc.contents)) fail(file, [locate([], 'expected a mapping with at least `services:`')]);
 
-  const parsed = configSchema.safeParse(doc.toJS());
+  const parsed = configSchema.safeParse(doc.toJS(), { reportInput: true });
   if (!parsed.success) fail(file, parsed.error.issues.map((issue) => fromZod(issue, locate)));
 
   const config = compile(parsed.data, file);
@@ -113,7 +114,12 @@ function fromZod(issue: z.core.$ZodIssue, locate: Locate): ConfigIssue {
     return locate([...issue.path, first!], `unknown field${issue.keys.length > 1 ? `s ${issue.keys.join(', ')}` : ''}`);
   }
   if (issue.code === 'invalid_type' && issue.input === undefined) return locate(issue.path, 'is required');
-  return locate(issue.path, issue.message);
+  let message = issue.message.replace(/^Invalid input: /, '');
+  // YAML reads 1.0 as a number; versions and names are text.
+  if (issue.code === 'invalid_type' && issue.expected === 'string' && typeof issue.input === 'number') {
+    message += " (write it in quotes)";
+  }
+  return locate(issue.path, message);
 }
 
 function compile(parsed: ParsedConfig, file: string): Config {

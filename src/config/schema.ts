@@ -81,7 +81,7 @@ const readyProbe = z
     interval: positiveDuration.default(2000),
     /** Time between probes while the instance is suspect or down. Default 500ms. */
     suspectInterval: positiveDuration.default(500),
-    /** Consecutive successes that bring a down instance back. Default 2 (HAProxy's `rise`). */
+    /** Consecutive successes that bring a down external instance back (a process is restarted instead). Default 2 (HAProxy's `rise`). */
     rise: count(1).default(2),
     /** Consecutive failures that take a ready instance down. Default 3 (HAProxy's `fall`). */
     fall: count(1).default(3),
@@ -99,7 +99,8 @@ const startupProbe = z
   .superRefine(exactlyOneCheck);
 
 const versionProbe = z.strictObject({
-  http: httpCheck.default({ path: '/version' }),
+  /** GET this path; any 2xx answer is read. */
+  http: z.strictObject({ path: z.string().startsWith('/', { message: 'must start with "/"' }) }).default({ path: '/version' }),
   /** Dotted field of the JSON body that holds the version. Default `version`. */
   json: z.string().min(1).optional(),
   /** Header that holds the version instead of the body. */
@@ -242,7 +243,7 @@ const service = z.strictObject({
     .default({ max: 1000, timeout: 30_000 }),
   passive: z
     .strictObject({
-      /** Consecutive failed attempts (reset, timeout, retried 5xx) that take an instance down. Default 5. */
+      /** Consecutive failed attempts (5xx answers, resets, timeouts, stalled streams) that take an instance down. Default 5. */
       failures: count(1).default(5),
       /** A request counts as slow past max(slowMin, slowFactor × the instance's normal latency). Default 10. */
       slowFactor: z.number().min(1).default(10),
@@ -250,7 +251,7 @@ const service = z.strictObject({
       slowMin: positiveDuration.default(500),
       /** Consecutive slow requests that take an instance down; 0 turns latency ejection off. Default 3. */
       slow: count(0).default(3),
-      /** Time a passively ejected instance stays out even if its probes pass. Default 30s (Envoy). */
+      /** Time a passively ejected external instance stays out even if its probes pass (a process is restarted instead). Default 30s (Envoy). */
       ejectFor: duration.default(30_000),
     })
     .default({ failures: 5, slowFactor: 10, slowMin: 500, slow: 3, ejectFor: 30_000 }),

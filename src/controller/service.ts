@@ -358,7 +358,9 @@ export class ServiceController implements Upstreams {
       this.dispatch({ type: 'version', instance: name, version: result.version, detail: result.detail });
       const state = this.state.instances[name]!.state;
       if (state === 'ready' || state === 'suspect') {
-        handle.versionTimer = this.deps.clock.setTimeout(() => this.checkVersion(handle), version.probe.interval);
+        // An unreadable version is tried again soon, not a whole interval later.
+        const delay = result.version === undefined ? handle.config.probes.ready.suspectInterval : version.probe.interval;
+        handle.versionTimer = this.deps.clock.setTimeout(() => this.checkVersion(handle), delay);
       }
     });
   }

@@ -88,11 +88,12 @@ export function nextDeadline(config: ServiceConfig, state: ServiceStatus): numbe
   return next;
 }
 
-/** The instance traffic belongs on when all is well: the best one not kept out on purpose. */
+/**
+ * The instance traffic belongs on when all is well: the best-ranked one, even while
+ * it is down or quarantined, so that its return follows the failback policy.
+ */
 function preferredInstance(state: ServiceStatus): InstanceStatus | undefined {
-  return Object.values(state.instances)
-    .filter((i) => !i.maintenance && i.state !== 'quarantined')
-    .sort(byPreference)[0];
+  return Object.values(state.instances).sort(byPreference)[0];
 }
 
 class Run {
@@ -270,6 +271,9 @@ class Run {
     if (expected === undefined) return;
     const wasAdmitted = instance.admitted;
     const wasVersion = instance.version;
+    // A failed read of an instance already known to serve the right version says nothing
+    // about the model: the ready probe judges its health. It is read again soon.
+    if (version === undefined && wasAdmitted && wasVersion === expected) return;
     instance.version = version;
     instance.admitted = version === expected;
     if (!instance.admitted && (wasAdmitted || wasVersion !== version || version === undefined)) {

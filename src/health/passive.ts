@@ -25,6 +25,8 @@ export type AttemptOutcome =
   | 'stalled'
   | 'instance-down'
   | 'client-abort'
+  /** The request itself was at fault (e.g. its body outgrew limits.body): says nothing of the instance. */
+  | 'bad-request'
   | 'error';
 
 export interface Verdict {
@@ -89,7 +91,7 @@ export class PassiveDetector {
     }
   }
 
-  /** A fresh start (after a restart or a return to service) forgets the past. */
+  /** A fresh start (after a restart) forgets the failure and slow counts; the instance's normal latency is kept. */
   reset(): void {
     this.failures = 0;
     this.slow = 0;

@@ -291,7 +291,7 @@ function classify(error: unknown, ended: { client: boolean; total: boolean }, in
   if (error instanceof undiciErrors.BodyTimeoutError) return ['stalled', 'the response stalled longer than timeouts.idle'];
   if (code !== undefined && CONNECT_CODES.has(code)) return ['connect', `connect ${code}`];
   if (code !== undefined && RESET_CODES.has(code)) return ['reset', `${code}: ${err.message ?? ''}`.trim()];
-  if (error instanceof ProxyError) return ['error', error.message];
+  if (error instanceof ProxyError) return ['bad-request', error.message];
   return ['error', err.message ?? String(error)];
 }
 

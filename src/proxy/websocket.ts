@@ -40,7 +40,8 @@ export async function forwardUpgrade(
       ...(error === undefined ? {} : { error }),
     });
 
-  for (let n = 1; n <= config.retry.attempts; n++) {
+  let refused = 0;
+  for (let n = 1; n <= config.retry.attempts + refused; n++) {
     let attempt;
     try {
       attempt = await upstreams.acquire(tried, gone.signal);
@@ -70,10 +71,16 @@ export async function forwardUpgrade(
 
     if (result.kind === 'error') {
       if (gone.signal.aborted) return report(499, 'client-abort', attempt.instance, n);
-      const connect = result.error.code === 'ECONNREFUSED' || result.error.code === 'ECONNRESET';
-      attempt.finish(connect ? 'connect' : 'error', `upgrade failed: ${result.error.message}`);
-      if (connect && n < config.retry.attempts) {
+      // A refused connection did no work: it takes the instance out and does not count (as in forward.ts).
+      const connect = result.error.code === 'ECONNREFUSED';
+      attempt.finish(connect ? 'connect' : 'reset', `upgrade failed: ${result.error.message}`);
+      if (connect && refused < 10) {
+        refused += 1;
         hooks.onRetry(config.name, 'connect');
+        continue;
+      }
+      if (n < config.retry.attempts + refused) {
+        hooks.onRetry(config.name, 'reset');
         continue;
       }
       const failure = new ProxyError('UPSTREAM_UNAVAILABLE', 502, `${attempt.instance}: ${result.error.message}`, {

@@ -35,7 +35,7 @@ describe('understudy validate', () => {
   it('accepts a good file', async () => {
     writeFileSync(path.join(dir, 'good.yaml'), 'services:\n  tts:\n    route: { listen: 18123 }\n    instances:\n      a: { tier: primary, url: "http://127.0.0.1:7001" }\n');
     const result = await cli('validate', '-c', 'good.yaml');
-    expect(result).toMatchObject({ code: 0, stdout: `${path.join(dir, 'good.yaml')}: valid (1 services, 1 instances)\n` });
+    expect(result).toMatchObject({ code: 0, stdout: `${path.join(dir, 'good.yaml')}: valid (1 service, 1 instance)\n` });
   });
 
   it('names the file, line and field of every mistake, and exits 2', async () => {

@@ -480,3 +480,23 @@ describe('invariants over random histories', () => {
     });
   }
 });
+
+describe('review findings', () => {
+  it('a failed version read does not take an admitted instance out of rotation', () => {
+    const h = booted(service({ version: '1.0' }));
+    h.send({ type: 'version', instance: 'primary', version: undefined, detail: 'timeout after 2000ms' });
+    expect(h.state.active).toBe('primary');
+    expect(h.events('version-mismatch')).toEqual([]);
+  });
+
+  it('a primary quarantined by the failure that moved traffic returns by the failback policy, not at once', () => {
+    const h = booted(service({ drop: ['cold'] }));
+    h.state.instances.primary!.failureTimes = [h.now - 2, h.now - 1];
+    h.send({ type: 'exited', instance: 'primary', code: 1, signal: null });
+    expect(h.stateOf('primary')).toBe('quarantined');
+    expect(h.state.active).toBe('hot');
+    h.send({ type: 'resume', instance: 'primary' });
+    h.ready('primary');
+    expect(h.state.active).toBe('hot'); // failback: never
+  });
+});

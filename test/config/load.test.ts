@@ -1,0 +1,65 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../../src/config/index.js';
+
+function mistakes(text: string): string[] {
+  try {
+    parseConfig(text, 'u.yaml');
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as ConfigError).issues.map((i) => `${i.line}:${i.column} ${i.field}: ${i.message}`);
+  }
+  throw new Error('expected the configuration to be refused');
+}
+
+const ok = (extra = '') => `services:\n  tts:\n    route: { listen: 18000 }\n${extra}    instances:\n      a: { tier: primary, url: "http://127.0.0.1:7001" }\n`;
+
+describe('configuration', () => {
+  it('fills in documented defaults, in milliseconds and bytes', () => {
+    const config = parseConfig(ok(), '/etc/understudy/u.yaml');
+    const service = config.services[0]!;
+    expect(config.stateDir).toBe('/etc/understudy/.understudy');
+    expect(config.admin.listen).toEqual({ host: '127.0.0.1', port: 9901 });
+    expect(service.failback).toEqual({ policy: 'never' });
+    expect(service.timeouts).toEqual({ firstByte: 120_000, idle: 60_000, total: 1_800_000 });
+    expect(service.retry).toEqual({ attempts: 3, statuses: [500, 502, 503, 504, 429], bodyLimit: 1_048_576, inflightOnDown: true });
+    expect(service.queue).toEqual({ max: 1000, timeout: 30_000 });
+    expect(service.passive).toEqual({ failures: 5, slowFactor: 10, slowMin: 500, slow: 3, ejectFor: 30_000 });
+    const instance = service.instances[0]!;
+    expect(instance.id).toBe('tts/a');
+    expect(instance.runtime).toEqual({ type: 'external' });
+    expect(instance.probes.ready).toEqual({ http: { path: '/health' }, timeout: 1000, interval: 2000, suspectInterval: 500, rise: 2, fall: 3 });
+    // Without a startup probe, start-up is judged by the ready check with a start-up budget.
+    expect(instance.probes.startup).toEqual({ http: { path: '/health' }, timeout: 1000, interval: 500, budget: 300_000 });
+  });
+
+  it('reads durations, sizes and failback policies with units', () => {
+    const service = parseConfig(
+      ok('    failback: after 90s stable\n    timeouts: { firstByte: 1.5s, idle: 2m, total: 1h }\n    retry: { bodyLimit: 512KiB }\n'),
+      'u.yaml',
+    ).services[0]!;
+    expect(service.failback).toEqual({ policy: 'after', stableMs: 90_000 });
+    expect(service.timeouts).toEqual({ firstByte: 1500, idle: 120_000, total: 3_600_000 });
+    expect(service.retry.bodyLimit).toBe(512 * 1024);
+  });
+
+  it('names the line, column and field of a value of the wrong type', () => {
+    expect(mistakes(ok('    version: { expect: 1.0 }\n    queue: { max: many }\n'))).toEqual([
+      '4:24 services.tts.version.expect: expected string, received number (write it in quotes)',
+      '5:19 services.tts.queue.max: expected number, received string',
+    ]);
+  });
+
+  it('names the line of a YAML syntax error', () => {
+    expect(mistakes('services:\n  tts: {}\n  tts: {}\n')).toEqual(['3:3 : Map keys must be unique']);
+  });
+
+  it('points a missing field at its parent', () => {
+    expect(mistakes('services:\n  tts:\n    instances: {}\n')).toEqual(['3:5 services.tts.route: is required']);
+  });
+
+  it('refuses address clashes between listeners', () => {
+    expect(mistakes(ok().replace('listen: 18000', 'listen: 9901'))).toEqual([
+      '3:22 services.tts.route.listen: 127.0.0.1:9901 is already used by admin.listen',
+    ]);
+  });
+});
