@@ -258,6 +258,7 @@ export class ServiceController implements Upstreams {
       url: handle.url,
       dispatcher: handle.pool,
       signal: controller.signal,
+      abort,
       firstByte: (ms: number) => {
         slowTimer?.cancel();
         slowTimer = undefined;

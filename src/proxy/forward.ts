@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Readable, pipeline } from 'node:stream';
+import { Readable } from 'node:stream';
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { AttemptOutcome } from '../health/index.js';
 import { InstanceDownError, ProxyError } from './errors.js';
@@ -132,8 +132,7 @@ async function attempts(exchange: Exchange): Promise<void> {
       return report(failure.status, 'error', null, n - 1, failure.message);
     }
     tried.add(attempt.instance);
-    const link = linked(requestSignal, attempt.signal);
-    const signal = link.signal;
+    const link = follow(requestSignal, attempt);
     const sent = performance.now();
     const lastChance = counted + 1 >= config.retry.attempts;
 
@@ -144,7 +143,7 @@ async function attempts(exchange: Exchange): Promise<void> {
         method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
         headers,
         body,
-        signal,
+        signal: attempt.signal,
         headersTimeout: config.timeouts.firstByte,
         bodyTimeout: config.timeouts.idle,
       });
@@ -200,7 +199,7 @@ async function attempts(exchange: Exchange): Promise<void> {
     }
     const instance = attempt.instance;
     await new Promise<void>((resolve) => {
-      pipeline(response.body, res, (error) => {
+      relay(response.body, res, (error) => {
         link.dispose();
         if (!error) {
           const outcome = status >= 500 ? 'status' : 'ok';
@@ -211,7 +210,7 @@ async function attempts(exchange: Exchange): Promise<void> {
           const [outcome, detail] = classify(error, ended, attempt.signal);
           attempt.finish(outcome, `response broke: ${detail}`);
           hooks.onAttempt(config.name, instance, outcome);
-          // pipeline destroyed the response: the client sees a cut body, not a clean end.
+          // The client sees a cut body, not a clean end.
           res.destroy();
           report(status, outcome === 'client-abort' ? 'client-abort' : 'cut', instance, n, detail);
         }
@@ -263,22 +262,38 @@ function tooLarge(maxBody: number): ProxyError {
 const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
 const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 
-/** A signal that aborts when either input does; dispose() unhooks it once the attempt is over. */
-function linked(a: AbortSignal, b: AbortSignal): { signal: AbortSignal; dispose(): void } {
-  const controller = new AbortController();
-  const onA = () => controller.abort(a.reason);
-  const onB = () => controller.abort(b.reason);
-  if (a.aborted) onA();
-  else a.addEventListener('abort', onA, { once: true });
-  if (b.aborted) onB();
-  else b.addEventListener('abort', onB, { once: true });
-  return {
-    signal: controller.signal,
-    dispose() {
-      a.removeEventListener('abort', onA);
-      b.removeEventListener('abort', onB);
-    },
+/** Aborts the attempt when the request is aborted; dispose() unhooks it once the attempt is over. */
+function follow(request: AbortSignal, attempt: Attempt): { dispose(): void } {
+  const onAbort = () => attempt.abort(request.reason as Error);
+  if (request.aborted) onAbort();
+  else request.addEventListener('abort', onAbort, { once: true });
+  return { dispose: () => request.removeEventListener('abort', onAbort) };
+}
+
+/**
+ * Streams the instance's body to the client with backpressure. Calls `done` once:
+ * without an error when the client has the whole body, else with the cause.
+ * (stream.pipeline would do the same, but allocates an AbortController and a
+ * DOMException per call: a tenth of the gateway's CPU at high request rates.)
+ */
+function relay(body: Readable, res: ServerResponse, done: (error?: Error) => void): void {
+  let settled = false;
+  const settle = (error?: Error) => {
+    if (settled) return;
+    settled = true;
+    done(error);
   };
+  body.once('error', (error) => {
+    res.destroy();
+    settle(error);
+  });
+  res.once('finish', () => settle());
+  res.once('close', () => {
+    if (res.writableFinished) return;
+    body.destroy();
+    settle(new ProxyError('CLIENT_GONE', 499, 'the client closed the connection'));
+  });
+  body.pipe(res);
 }
 
 function classify(error: unknown, ended: { client: boolean; total: boolean }, instance: AbortSignal): [AttemptOutcome, string] {

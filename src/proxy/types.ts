@@ -7,8 +7,10 @@ export interface Attempt {
   readonly instance: string;
   readonly url: URL;
   readonly dispatcher: Dispatcher;
-  /** Aborted when the instance is declared down while the attempt runs. */
+  /** Aborted when the instance is declared down while the attempt runs, or by `abort`. */
   readonly signal: AbortSignal;
+  /** Ends the attempt early (the client left, the total timeout passed). */
+  abort(reason: Error): void;
   /** The response head arrived after `ms`. */
   firstByte(ms: number): void;
   /** The attempt ended; its outcome feeds passive health. Call once. */

@@ -1,5 +1,6 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { connect } from 'node:net';
+import { Readable } from 'node:stream';
 import { once } from 'node:events';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -141,7 +142,7 @@ describe('bad requests get clear errors and leave Understudy running', () => {
     async function* chunks() {
       for (let i = 0; i < 100; i++) yield Buffer.alloc(1024);
     }
-    const streamed = await request(`${gateway.url}/llm/v1/infer`, { method: 'POST', body: chunks() });
+    const streamed = await request(`${gateway.url}/llm/v1/infer`, { method: "POST", body: Readable.from(chunks()) });
     expect(streamed.statusCode).toBe(413);
     await streamed.body.dump();
   });

@@ -47,7 +47,9 @@ export interface LoadSummary {
   p90: number;
   p99: number;
   disruptionMs: number;
-  /** Successful requests per second over the span of the results. */
+  /** From the first request's start to the last one's end. */
+  spanMs: number;
+  /** Successful requests per second over that span. */
   okPerSecond: number;
 }
 
@@ -113,6 +115,7 @@ export function summarize(results: RequestResult[]): LoadSummary {
     p90: percentileOfSorted(latencies, 90),
     p99: percentileOfSorted(latencies, 99),
     disruptionMs: disruptionWindow(results),
+    spanMs: last > first ? last - first : 0,
     okPerSecond: last > first ? ok / ((last - first) / 1000) : 0,
   };
 }
