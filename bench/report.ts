@@ -14,7 +14,12 @@ export interface BenchReport {
   overhead: OverheadResult[] | null;
 }
 
-const PROXY_LABELS: Record<ProxyName, string> = { nginx: 'nginx', haproxy: 'HAProxy', understudy: 'Understudy' };
+const PROXY_LABELS: Record<ProxyName, string> = {
+  nginx: 'nginx',
+  haproxy: 'HAProxy',
+  understudy: 'Understudy',
+  'node-floor': 'bare Node.js proxy (reference)',
+};
 
 function ms(value: number | null): string {
   if (value === null || Number.isNaN(value)) return 'n/a';
@@ -101,6 +106,14 @@ function overheadSection(results: OverheadResult[]): string {
   if (nginx && understudy) {
     const ratio = understudy.throughput / nginx.throughput;
     goals.push(`Its throughput is ${ratio.toFixed(2)}× nginx's (goal ≥ 0.5: ${goal(ratio >= 0.5)}).`);
+  }
+  const floor = results.find((r) => r.target === 'node-floor');
+  if (direct && floor && understudy) {
+    goals.push(
+      `A bare Node.js proxy (no routing, health, retries, metrics or logs) adds ${ms(floor.p50Ms - direct.p50Ms)} at p50 and ` +
+        `${ms(floor.p99Ms - direct.p99Ms)} at p99 in the same run: the cost of Node's HTTP server and client on this machine, ` +
+        `under which Understudy's data plane cannot go.`,
+    );
   }
   return `## Overhead
 

@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { stopAll } from '../test/support/fixture.js';
 import { haproxy } from './proxies/haproxy.js';
 import { nginx } from './proxies/nginx.js';
+import { nodeFloor } from './proxies/node-floor.js';
 import type { ProxyLauncher, ProxyName } from './proxies/types.js';
 import { understudy } from './proxies/understudy.js';
 import { renderMarkdown, saveReport, type BenchReport } from './report.js';
@@ -17,11 +18,11 @@ import { killAllServicesNow, stopAllServices } from './services.js';
 import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
-const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy];
+const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
 const SCENARIOS = ['faults', 'cold', 'overhead'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy] [--scenario faults,cold,overhead]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -72,7 +73,7 @@ async function bench(options: Options, root: string): Promise<void> {
       software: launchers.map((l) => l.version()),
     },
     skipped,
-    faults: runs('faults') && launchers.length > 0 ? await runFaults(launchers, root) : null,
+    faults: runs('faults') && launchers.length > 0 ? await runFaults(launchers.filter((l) => !l.overheadOnly), root) : null,
     cold: runs('cold') && hasUnderstudy ? await runCold(root) : null,
     overhead: runs('overhead') ? await runOverhead(launchers, root) : null,
   };

@@ -2,6 +2,8 @@
 # Installs nginx and HAProxy for the benchmark. The bench runs both in the
 # foreground with its own configs, so the system services must not start.
 set -euo pipefail
+# Progress goes to stderr: the benchmark report owns stdout.
+exec 1>&2
 
 missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)

@@ -1,4 +1,4 @@
-export type ProxyName = 'nginx' | 'haproxy' | 'understudy';
+export type ProxyName = 'nginx' | 'haproxy' | 'understudy' | 'node-floor';
 
 /** The model servers a proxy fronts: the primary, and a standby for when it fails. */
 export interface Backends {
@@ -13,6 +13,8 @@ export interface RunningProxy {
 
 export interface ProxyLauncher {
   name: ProxyName;
+  /** A reference that does no failover: measured in the overhead scenario only. */
+  overheadOnly?: boolean;
   /** Why it cannot run on this machine, or null when it can. */
   unavailable(): string | null;
   version(): string;

@@ -229,18 +229,30 @@ async function readBody(req: IncomingMessage, keepLimit: number, maxBody: number
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > maxBody) throw tooLarge(maxBody);
   if (declared === undefined && req.headers['transfer-encoding'] === undefined) return { body: null, retryable: true };
-  const chunks: Buffer[] = [];
-  let size = 0;
-  const iterator = req[Symbol.asyncIterator]();
-  for (;;) {
-    const next = await iterator.next();
-    if (next.done) return { body: Buffer.concat(chunks, size), retryable: true };
-    const chunk = next.value as Buffer;
-    chunks.push(chunk);
-    size += chunk.length;
-    if (size > maxBody) throw tooLarge(maxBody);
-    if (size > keepLimit) return { body: Readable.from(rest(chunks, size, iterator, maxBody)), retryable: false };
-  }
+  // Events rather than an async iterator: small bodies usually arrive with the head.
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size > maxBody) return finish(tooLarge(maxBody));
+      if (size > keepLimit) {
+        finish();
+        req.pause();
+        resolve({ body: Readable.from(rest(chunks, size, req[Symbol.asyncIterator](), maxBody)), retryable: false });
+      }
+    };
+    const onEnd = () => {
+      finish();
+      resolve({ body: Buffer.concat(chunks, size), retryable: true });
+    };
+    const finish = (error?: Error) => {
+      req.off('data', onData).off('end', onEnd).off('error', finish);
+      if (error) reject(error);
+    };
+    req.on('data', onData).on('end', onEnd).on('error', finish);
+  });
 }
 
 async function* rest(head: Buffer[], size: number, iterator: AsyncIterator<unknown>, maxBody: number): AsyncIterable<Buffer> {

@@ -15,12 +15,16 @@ const HOP_BY_HOP = new Set([
   'expect',
 ]);
 
-function hopByHop(headers: IncomingHttpHeaders): Set<string> {
-  const named = String(headers.connection ?? '')
-    .split(',')
-    .map((token) => token.trim().toLowerCase())
-    .filter(Boolean);
-  return named.length === 0 ? HOP_BY_HOP : new Set([...HOP_BY_HOP, ...named]);
+/** Whether a header is connection-specific: always-hop-by-hop, or named in the Connection header. */
+function hopByHop(headers: IncomingHttpHeaders): (name: string) => boolean {
+  const connection = headers.connection;
+  if (connection === undefined || connection === 'keep-alive' || connection === 'close') return (name) => HOP_BY_HOP.has(name);
+  const named = new Set(
+    String(connection)
+      .split(',')
+      .map((token) => token.trim().toLowerCase()),
+  );
+  return (name) => HOP_BY_HOP.has(name) || named.has(name);
 }
 
 /** Headers for the instance: hop-by-hop stripped, Host set by the client library, X-Forwarded-* added. */
@@ -28,7 +32,7 @@ export function upstreamHeaders(req: IncomingMessage, requestId: string, keepUpg
   const drop = hopByHop(req.headers);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined || name === 'host' || (drop.has(name) && !(keepUpgrade && (name === 'upgrade' || name === 'connection')))) {
+    if (value === undefined || name === 'host' || (drop(name) && !(keepUpgrade && (name === 'upgrade' || name === 'connection')))) {
       continue;
     }
     out[name] = value;
@@ -47,7 +51,7 @@ export function downstreamHeaders(headers: Record<string, string | string[] | un
   const drop = hopByHop(headers as IncomingHttpHeaders);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (value !== undefined && !drop.has(name)) out[name] = value;
+    if (value !== undefined && !drop(name)) out[name] = value;
   }
   return out;
 }
