@@ -42,8 +42,14 @@ program
         void shutdown(signal);
       });
     }
-    await app.start();
+    // The admin API first: if its port is taken, nothing has been started yet.
     const adminAddress = await admin.start();
+    try {
+      await app.start();
+    } catch (error) {
+      await admin.close();
+      throw error;
+    }
     const gateway = app.gatewayAddresses();
     app.log.info(
       { gateway, admin: adminAddress, services: config.services.map((s) => s.name), tokenFile: config.admin.token ? undefined : tokenFile(config) },

@@ -26,7 +26,9 @@ export class Understudy {
   ) {
     const clock = options.clock ?? systemClock;
     this.log = options.log ?? createLogger(config.log.level);
-    this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'));
+    this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'), (error) =>
+      this.log.error({ err: error }, 'could not write the event log; events are kept in memory'),
+    );
     this.events.subscribe((event) => this.metrics.observe(event));
     this.events.subscribe((event) => this.logEvent(event));
 

@@ -20,6 +20,8 @@ export class EventLog {
 
   constructor(
     readonly file: string,
+    /** Told when a write fails (a full disk): the event stays in memory and later writes go on. */
+    private readonly onWriteError: (error: unknown) => void = () => {},
     private readonly keep = 10_000,
   ) {
     mkdirSync(path.dirname(file), { recursive: true });
@@ -55,7 +57,9 @@ export class EventLog {
     for (const listener of this.listeners) listener(event);
     if (this.closed) return;
     this.pending.push(`${JSON.stringify(event)}\n`);
-    if (this.pending.length === 1) this.writing = this.writing.then(() => this.flushPending());
+    if (this.pending.length === 1) {
+      this.writing = this.writing.then(() => this.flushPending()).catch((error: unknown) => this.onWriteError(error));
+    }
   }
 
   /** Events oldest first, filtered. */
@@ -88,8 +92,16 @@ export class EventLog {
     const batch = this.pending.join('');
     this.pending = [];
     this.handle ??= open(this.file, 'a');
-    const handle = await this.handle;
-    await handle.appendFile(batch);
-    await handle.datasync();
+    try {
+      const handle = await this.handle;
+      await handle.appendFile(batch);
+      await handle.datasync();
+    } catch (error) {
+      // Open the file afresh next time: the disk may have room again by then.
+      const broken = this.handle;
+      this.handle = undefined;
+      await broken.then((h) => h.close()).catch(() => {});
+      throw error;
+    }
   }
 }

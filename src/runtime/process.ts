@@ -52,6 +52,8 @@ export class ProcessRuntime implements Runtime {
       });
       await Promise.race([once(child, 'spawn'), once(child, 'error').then(([error]) => Promise.reject(error))]);
       this.child = child;
+      // After a successful spawn, 'error' only reports a failed kill; the exit still comes.
+      child.on('error', () => {});
       child.once('exit', (code, signal) => {
         if (this.child !== child) return;
         this.child = undefined;
