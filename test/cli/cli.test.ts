@@ -95,18 +95,25 @@ describe('understudy validate', () => {
 describe('understudy up, status, switchover, events', () => {
   let up: ChildProcess;
   let gatewayPort: number;
+  let adminPort: number;
+  let logs = '';
   const config = () => path.join(dir, 'understudy.yaml');
 
   beforeAll(async () => {
     const [p1, p2, admin] = [await freePort(), await freePort(), await freePort()];
+    adminPort = admin;
     gatewayPort = await freePort();
     const instance = (port: number, name: string) =>
       `{ tier: ${name === 'primary' ? 'primary' : 'hot'}, url: "http://127.0.0.1:${port}", runtime: { type: process, command: [node, "${MODEL_SERVER_PATH}", --port, "${port}", --name, ${name}] } }`;
     writeFileSync(
       config(),
-      `admin: { listen: "127.0.0.1:${admin}" }\nlog: { level: warn }\nservices:\n  infer:\n    route: { listen: ${gatewayPort} }\n    instances:\n      primary: ${instance(p1, 'primary')}\n      hot: ${instance(p2, 'hot')}\n`,
+      `admin: { listen: "127.0.0.1:${admin}" }\nlog: { level: info }\nservices:\n  infer:\n    route: { listen: ${gatewayPort} }\n    instances:\n      primary: ${instance(p1, 'primary')}\n      hot: ${instance(p2, 'hot')}\n`,
     );
     up = fork(CLI, ['up', '-c', config()], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    up.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      logs += chunk;
+      up.emit('log');
+    });
     const [message] = (await once(up, 'message')) as [{ type: string }];
     expect(message.type).toBe('up');
   });
@@ -114,6 +121,15 @@ describe('understudy up, status, switchover, events', () => {
   afterAll(() => {
     if (up.exitCode === null) up.kill('SIGKILL');
   });
+
+  /** The first log line that matches, as soon as Understudy writes it. */
+  async function logLine(match: (line: string) => boolean): Promise<string> {
+    for (;;) {
+      const found = logs.split('\n').find(match);
+      if (found) return found;
+      await once(up, 'log');
+    }
+  }
 
   it('serves, reports status, moves traffic on command, shows events, and exits cleanly on SIGTERM', async () => {
     // The token was generated into the state directory; the CLI finds it there.
@@ -124,7 +140,21 @@ describe('understudy up, status, switchover, events', () => {
 
     const answer = await request(`http://127.0.0.1:${gatewayPort}/v1/infer`);
     expect(answer.headers['x-understudy-instance']).toBe('primary');
-    await answer.body.dump();
+    const { requestId } = (await answer.body.json()) as { requestId: string };
+    // The id the model server received is the one in the response and in Understudy's JSON access log.
+    expect(answer.headers['x-request-id']).toBe(requestId);
+    const accessLine = await logLine((line) => line.includes(requestId));
+    expect(JSON.parse(accessLine)).toMatchObject({ msg: 'request', service: 'infer', instance: 'primary', status: 200, requestId });
+
+    const metrics = await (await request(`http://127.0.0.1:${adminPort}/metrics`)).body.text();
+    expect(metrics).toContain('understudy_requests_total{service="infer",instance="primary",outcome="200"} 1');
+    expect(metrics).toContain('understudy_instance_state{service="infer",instance="primary",state="ready"} 1');
+    // At boot the hot standby may be ready first and take traffic until the primary is: one or two moves.
+    expect(metrics).toMatch(/understudy_active_changes_total\{service="infer",kind="initial"\} [12]\n/);
+    expect(metrics).toMatch(/understudy_probe_duration_seconds_count\{service="infer",instance="primary",probe="startup",result="ok"\} 1\n/);
+    const unauthorized = await request(`http://127.0.0.1:${adminPort}/v1/status`);
+    expect(unauthorized.statusCode).toBe(401);
+    await unauthorized.body.dump();
 
     const switched = await cli('switchover', 'infer', '-c', config());
     expect(switched).toMatchObject({ code: 0, stdout: 'infer: active is now hot\n' });
