@@ -90,6 +90,26 @@ services:
   });
 });
 
+describe('timeouts.total', () => {
+  it('bounds the wait in the queue too: 504 naming the timeout', async () => {
+    const gateway = await startGateway(`
+stateDir: STATE
+gateway: { listen: "127.0.0.1:0" }
+services:
+  infer:
+    route: { pathPrefix: / }
+    timeouts: { total: 300ms }
+    instances:
+      primary: { tier: primary, url: "http://127.0.0.1:${await freePort()}" }
+`);
+    const response = await request(`${gateway.url}/v1/infer`);
+    expect(response.statusCode).toBe(504);
+    expect(await response.body.json()).toMatchObject({
+      error: { code: 'UPSTREAM_TIMEOUT', message: 'the request took longer than timeouts.total (300ms)' },
+    });
+  });
+});
+
 describe('failback', () => {
   it('"after 1s stable" returns traffic to the restarted primary, "never" keeps it on the standby', async () => {
     for (const policy of ['"after 1s stable"', 'never']) {
