@@ -47,20 +47,7 @@ export async function forward(
   hooks: ProxyHooks,
 ): Promise<void> {
   const config = upstreams.config;
-  const started = performance.now();
-  const report = (status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string) =>
-    hooks.onRequest({
-      service: config.name,
-      instance,
-      method: req.method ?? 'GET',
-      path,
-      requestId,
-      status,
-      outcome,
-      attempts,
-      ms: performance.now() - started,
-      ...(error === undefined ? {} : { error }),
-    });
+  const report = reporter(hooks, config.name, req, path, requestId);
 
   // One controller for the whole request, aborted when the client leaves or the total
   // timeout passes. (AbortSignal.any and AbortSignal.timeout cost too much per request on Node 20.)
@@ -83,6 +70,26 @@ export async function forward(
   }
 }
 
+type Report = (status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string) => void;
+
+/** Reports the request's end to the hooks, timed from now. */
+export function reporter(hooks: ProxyHooks, service: string, req: IncomingMessage, path: string, requestId: string): Report {
+  const started = performance.now();
+  return (status, outcome, instance, attempts, error) =>
+    hooks.onRequest({
+      service,
+      instance,
+      method: req.method ?? 'GET',
+      path,
+      requestId,
+      status,
+      outcome,
+      attempts,
+      ms: performance.now() - started,
+      ...(error === undefined ? {} : { error }),
+    });
+}
+
 /** One client request on its way through the gateway. */
 interface Exchange {
   req: IncomingMessage;
@@ -94,7 +101,7 @@ interface Exchange {
   /** Aborted when the client leaves or timeouts.total passes; `ended` says which. */
   requestSignal: AbortSignal;
   ended: { client: boolean; total: boolean };
-  report(status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string): void;
+  report: Report;
 }
 
 async function attempts(exchange: Exchange): Promise<void> {

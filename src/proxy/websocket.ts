@@ -3,7 +3,7 @@ import { request as httpsRequest } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { ProxyError } from './errors.js';
 import { upstreamHeaders } from './headers.js';
-import type { ProxyHooks } from './forward.js';
+import { reporter, type ProxyHooks } from './forward.js';
 import type { Upstreams } from './types.js';
 
 /**
@@ -22,23 +22,11 @@ export async function forwardUpgrade(
 ): Promise<void> {
   const config = upstreams.config;
   const started = performance.now();
+  const report = reporter(hooks, config.name, req, path, requestId);
   const gone = new AbortController();
   socket.once('close', () => gone.abort(new ProxyError('CLIENT_GONE', 499, 'the client closed the connection')));
   socket.on('error', () => socket.destroy());
   const tried = new Set<string>();
-  const report = (status: number, outcome: 'ok' | 'error' | 'client-abort', instance: string | null, attempts: number, error?: string) =>
-    hooks.onRequest({
-      service: config.name,
-      instance,
-      method: req.method ?? 'GET',
-      path,
-      requestId,
-      status,
-      outcome,
-      attempts,
-      ms: performance.now() - started,
-      ...(error === undefined ? {} : { error }),
-    });
 
   let refused = 0;
   for (let n = 1; n <= config.retry.attempts + refused; n++) {
