@@ -51,7 +51,8 @@ export class AdminServer {
     if (route === 'GET /healthz') return send(res, 200, { status: 'ok' });
     if (route === 'GET /metrics') {
       const registry = this.app.metrics.registry;
-      res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());
+      const text = await registry.metrics();
+      res.writeHead(200, { 'content-type': registry.contentType }).end(text);
       return;
     }
     if (!tokenMatches(req.headers.authorization, this.token)) {

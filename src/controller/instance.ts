@@ -11,10 +11,14 @@ export class InstanceHandle {
   readonly passive: PassiveDetector;
   /** Abort functions of the attempts now running on this instance. */
   readonly inflight = new Set<(reason: Error) => void>();
-  /** Bumped at each start, so outcomes of an earlier run never judge a fresh one. */
+  /** Bumped at each start and each fall from service, so outcomes of an earlier run never judge a fresh one. */
   generation = 0;
-  /** What the probe loop does now; a change restarts it. */
+  /** The generation whose start has finished: a startup probe before then could reach the old process. */
+  launched = -1;
+  /** What the probe loop does now; a change starts a new loop. */
   probeMode: string = 'none';
+  /** The current probe loop's identity: a loop that is no longer current stops at its next turn. */
+  probeLoop: object | undefined;
   probeTimer: Timer | undefined;
   versionTimer: Timer | undefined;
 
@@ -36,5 +40,6 @@ export class InstanceHandle {
     this.probeTimer = undefined;
     this.versionTimer = undefined;
     this.probeMode = 'none';
+    this.probeLoop = undefined;
   }
 }

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { ServiceConfig } from '../config/index.js';
 import {
   initialState,
+  isRoutable,
   nextDeadline,
   routable,
   step,
@@ -95,7 +96,15 @@ export class ServiceController implements Upstreams {
     const now = this.deps.clock.now();
     const result = step(this.config, this.state, input, now);
     if (result.rejected !== undefined) return result.rejected;
+    const before = this.state;
     this.state = result.state;
+    for (const [name, handle] of this.handles) {
+      // Passive counts belong to one stretch of service: leaving it (down, draining, ...) starts them afresh.
+      if (isRoutable(before.instances[name]!) && !isRoutable(this.state.instances[name]!)) {
+        handle.generation += 1;
+        handle.passive.reset();
+      }
+    }
     for (const action of result.actions) this.perform(action, now, traceId);
     this.scheduleTick();
     for (const handle of this.handles.values()) this.scheduleProbes(handle);
@@ -203,12 +212,19 @@ export class ServiceController implements Upstreams {
         return;
       case 'start': {
         const started = handle!;
-        started.generation += 1;
+        const generation = ++started.generation;
         started.passive.reset();
-        started.runtime.start().catch((error: unknown) => {
-          const reason = error instanceof StartError ? error.message : `start failed: ${(error as Error).message}`;
-          this.dispatch({ type: 'start-failed', instance: started.config.name, reason }, traceId);
-        });
+        started.runtime.start().then(
+          () => {
+            started.launched = generation;
+            this.scheduleProbes(started);
+          },
+          (error: unknown) => {
+            if (error instanceof StartError && error.cancelled) return;
+            const reason = error instanceof StartError ? error.message : `start failed: ${(error as Error).message}`;
+            this.dispatch({ type: 'start-failed', instance: started.config.name, reason }, traceId);
+          },
+        );
         return;
       }
       case 'stop':
@@ -271,9 +287,7 @@ export class ServiceController implements Upstreams {
         handle.inflight.delete(abort);
         const verdict = handle.generation === generation ? handle.passive.onOutcome(outcome, detail) : undefined;
         if (verdict) this.dispatch({ type: 'passive', instance: name, hard: verdict.hard, reason: verdict.reason });
-        if (handle.inflight.size === 0 && this.state.instances[name]?.state === 'draining') {
-          this.dispatch({ type: 'drained', instance: name });
-        }
+        this.checkDrained();
       },
     };
   }
@@ -311,7 +325,8 @@ export class ServiceController implements Upstreams {
     let interval = 0;
     switch (status.state) {
       case 'starting':
-        mode = `startup:${handle.generation}`;
+        // Only once this start has launched the process: before, a dying predecessor could still answer.
+        mode = handle.launched === handle.generation ? `startup:${handle.generation}` : 'none';
         interval = startup.interval;
         break;
       case 'ready':
@@ -332,18 +347,22 @@ export class ServiceController implements Upstreams {
     if (mode === handle.probeMode) return;
     handle.probeTimer?.cancel();
     handle.probeMode = mode;
+    const token = {};
+    handle.probeLoop = mode === 'none' ? undefined : token;
     if (mode === 'none') {
       handle.versionTimer?.cancel();
       return;
     }
     const probe = mode.startsWith('startup') ? 'startup' : 'ready';
     const check = probe === 'startup' ? startup : ready;
+    const current = () => handle.probeLoop === token && !this.closed;
     const loop = async () => {
       const result = await runProbe(check, handle.url);
-      if (handle.probeMode !== mode || this.closed) return;
+      // A result from a loop that was replaced while it ran says nothing about the instance now.
+      if (!current()) return;
       this.deps.onProbe(handle.config.name, probe, result.ok, result.ms);
       this.dispatch({ type: 'probe', instance: handle.config.name, probe, ok: result.ok, detail: result.detail });
-      if (handle.probeMode === mode) handle.probeTimer = this.deps.clock.setTimeout(() => void loop(), interval);
+      if (current()) handle.probeTimer = this.deps.clock.setTimeout(() => void loop(), interval);
     };
     // Starting instances are probed at once: a fast model load should not wait an interval.
     handle.probeTimer = this.deps.clock.setTimeout(() => void loop(), probe === 'startup' ? 0 : interval);

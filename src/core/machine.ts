@@ -35,6 +35,7 @@ export function initialState(config: ServiceConfig, now: number): ServiceStatus 
       failures: 0,
       version: undefined,
       admitted: config.version === undefined,
+      versionProblem: undefined,
       failureTimes: [],
       restarts: 0,
       startDeadline: undefined,
@@ -219,6 +220,7 @@ class Run {
     if (this.config.version) {
       instance.version = undefined;
       instance.admitted = false;
+      instance.versionProblem = undefined;
       this.actions.push({ type: 'check-version', instance: instance.name });
     }
     this.enter(instance, 'ready', reason);
@@ -269,18 +271,19 @@ class Run {
   private version(instance: InstanceStatus, version: string | undefined, detail: string): void {
     const expected = this.config.version?.expect;
     if (expected === undefined) return;
-    const wasAdmitted = instance.admitted;
-    const wasVersion = instance.version;
     // A failed read of an instance already known to serve the right version says nothing
     // about the model: the ready probe judges its health. It is read again soon.
-    if (version === undefined && wasAdmitted && wasVersion === expected) return;
+    if (version === undefined && instance.admitted && instance.version === expected) return;
     instance.version = version;
     instance.admitted = version === expected;
-    if (!instance.admitted && (wasAdmitted || wasVersion !== version || version === undefined)) {
-      const actual = version ?? null;
-      const why = version === undefined ? `version unreadable: ${detail}` : `serves version ${version}, expected ${expected}`;
-      this.emit({ type: 'version-mismatch', instance: instance.name, expected, actual, reason: `${why}; not admitted` });
+    if (instance.admitted) {
+      instance.versionProblem = undefined;
+      return;
     }
+    const why = version === undefined ? `version unreadable: ${detail}` : `serves version ${version}, expected ${expected}`;
+    if (why === instance.versionProblem) return;
+    instance.versionProblem = why;
+    this.emit({ type: 'version-mismatch', instance: instance.name, expected, actual: version ?? null, reason: `${why}; not admitted` });
   }
 
   private passive(instance: InstanceStatus, hard: boolean, reason: string): void {

@@ -22,6 +22,8 @@ export interface InstanceStatus {
   version: string | undefined;
   /** Serves the service's pinned version (always true when none is pinned). */
   admitted: boolean;
+  /** The version problem last reported, so a problem that persists is reported once, not at every read. */
+  versionProblem: string | undefined;
   /** Times of recent failures, for flap damping. */
   failureTimes: number[];
   /** Restarts since the instance was last ready, for the restart backoff. */

@@ -23,6 +23,8 @@ export interface RequestReport {
 
 export interface ProxyHooks {
   onRequest(report: RequestReport): void;
+  /** A listener failed outside any request (e.g. accept ran out of file descriptors). */
+  onError(message: string, error: unknown): void;
   onAttempt(service: string, instance: string, outcome: AttemptOutcome): void;
   onRetry(service: string, reason: string): void;
 }
@@ -111,7 +113,7 @@ async function attempts(exchange: Exchange): Promise<void> {
   let body: Body;
   let retryable: boolean;
   try {
-    ({ body, retryable } = await readBody(req, config.retry.bodyLimit, config.limits.body));
+    ({ body, retryable } = await readBody(req, config.retry.bodyLimit, config.limits.body, requestSignal));
   } catch (error) {
     const failure = asProxyError(error, config.name);
     respondError(res, failure, requestId);
@@ -232,7 +234,12 @@ async function attempts(exchange: Exchange): Promise<void> {
  * Reads the request body into memory up to `keepLimit` so it can be sent again;
  * a larger body streams through once (no retry). `maxBody` is enforced either way.
  */
-async function readBody(req: IncomingMessage, keepLimit: number, maxBody: number): Promise<{ body: Body; retryable: boolean }> {
+async function readBody(
+  req: IncomingMessage,
+  keepLimit: number,
+  maxBody: number,
+  signal: AbortSignal,
+): Promise<{ body: Body; retryable: boolean }> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > maxBody) throw tooLarge(maxBody);
   if (declared === undefined && req.headers['transfer-encoding'] === undefined) return { body: null, retryable: true };
@@ -254,11 +261,15 @@ async function readBody(req: IncomingMessage, keepLimit: number, maxBody: number
       finish();
       resolve({ body: Buffer.concat(chunks, size), retryable: true });
     };
+    // A client that stops sending its body is bounded by timeouts.total like everything else.
+    const onAbort = () => finish(signal.reason as Error);
     const finish = (error?: Error) => {
       req.off('data', onData).off('end', onEnd).off('error', finish);
+      signal.removeEventListener('abort', onAbort);
       if (error) reject(error);
     };
     req.on('data', onData).on('end', onEnd).on('error', finish);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -317,8 +328,9 @@ function relay(body: Readable, res: ServerResponse, done: (error?: Error) => voi
 
 function classify(error: unknown, ended: { client: boolean; total: boolean }, instance: AbortSignal): [AttemptOutcome, string] {
   if (ended.client) return ['client-abort', 'the client closed the connection'];
-  if (instance.aborted) return ['instance-down', (instance.reason as Error).message];
+  // Before the instance check: the request's own timeout also aborts the attempt's signal.
   if (ended.total) return ['timeout', 'the total timeout passed'];
+  if (instance.aborted) return ['instance-down', (instance.reason as Error).message];
   const err = error as { code?: string; message?: string; cause?: { code?: string } };
   const code = err.code === 'UND_ERR_SOCKET' && err.cause?.code ? err.cause.code : err.code;
   if (error instanceof undiciErrors.HeadersTimeoutError) return ['timeout', 'no response head within timeouts.firstByte'];

@@ -22,6 +22,8 @@ export interface ListenerSpec {
 /** The data plane's listeners. Routes a request by host and longest path prefix, then forwards it. */
 export class Gateway {
   private readonly servers: Server[] = [];
+  /** Client sockets of proxied WebSockets: the HTTP server no longer tracks them once upgraded. */
+  private readonly tunnels = new Set<Duplex>();
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -43,6 +45,7 @@ export class Gateway {
         server.once('error', reject);
         server.listen(listener.port, listener.host, () => {
           server.off('error', reject);
+          server.on('error', (error) => this.hooks.onError(`the listener on ${listener.host}:${listener.port} failed`, error));
           resolve();
         });
       });
@@ -57,13 +60,16 @@ export class Gateway {
     });
   }
 
-  /** Stops accepting, lets in-flight requests finish until the deadline, then cuts the rest. Safe to call twice. */
+  /** Stops accepting, lets in-flight requests and WebSockets finish until the deadline, then cuts the rest. Safe to call twice. */
   close(deadlineMs = 10_000): Promise<void> {
     this.closing ??= Promise.all(
       this.servers.map(
         (server) =>
           new Promise<void>((resolve) => {
-            const force = setTimeout(() => server.closeAllConnections(), deadlineMs);
+            const force = setTimeout(() => {
+              server.closeAllConnections();
+              for (const socket of this.tunnels) socket.destroy();
+            }, deadlineMs);
             server.close(() => {
               clearTimeout(force);
               resolve();
@@ -96,6 +102,8 @@ export class Gateway {
       socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
       return;
     }
+    this.tunnels.add(socket);
+    socket.once('close', () => this.tunnels.delete(socket));
     forwardUpgrade(req, socket, head, match.route.upstreams, match.path, requestId, this.hooks).catch(() => socket.destroy());
   }
 }

@@ -1,4 +1,4 @@
-import { request, type IncomingMessage } from 'node:http';
+import { STATUS_CODES, request, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { ProxyError } from './errors.js';
@@ -46,6 +46,10 @@ export async function forwardUpgrade(
       headers: { ...upstreamHeaders(req, requestId, true), host: attempt.url.host },
       signal: AbortSignal.any([gone.signal, attempt.signal]),
     });
+    // The handshake gets the same bound as a response head; past it the attempt fails as a timeout.
+    upstream.setTimeout(config.timeouts.firstByte, () =>
+      upstream.destroy(Object.assign(new Error(`no answer to the upgrade within timeouts.firstByte (${config.timeouts.firstByte}ms)`), { code: 'ETIMEDOUT' })),
+    );
     upstream.end();
     const result = await new Promise<
       | { kind: 'upgrade'; res: IncomingMessage; upSocket: Duplex; upHead: Buffer }
@@ -57,11 +61,21 @@ export async function forwardUpgrade(
       upstream.once('error', (error) => resolve({ kind: 'error', error }));
     });
 
+    upstream.setTimeout(0);
     if (result.kind === 'error') {
-      if (gone.signal.aborted) return report(499, 'client-abort', attempt.instance, n);
+      if (gone.signal.aborted) {
+        attempt.finish('client-abort', 'the client closed the connection');
+        return report(499, 'client-abort', attempt.instance, n);
+      }
       // A refused connection did no work: it takes the instance out and does not count (as in forward.ts).
       const connect = result.error.code === 'ECONNREFUSED';
-      attempt.finish(connect ? 'connect' : 'reset', `upgrade failed: ${result.error.message}`);
+      const timedOut = result.error.code === 'ETIMEDOUT';
+      attempt.finish(connect ? 'connect' : timedOut ? 'timeout' : 'reset', `upgrade failed: ${result.error.message}`);
+      if (timedOut) {
+        const failure = new ProxyError('UPSTREAM_TIMEOUT', 504, `${attempt.instance}: ${result.error.message}`, { service: config.name });
+        writeRaw(socket, 504, failure.body(requestId));
+        return report(504, 'error', attempt.instance, n, failure.message);
+      }
       if (connect && refused < 10) {
         refused += 1;
         hooks.onRetry(config.name, 'connect');
@@ -116,7 +130,7 @@ function headerLines(raw: string[]): string {
 function writeRaw(socket: Duplex, status: number, body: string): void {
   if (socket.destroyed) return;
   socket.end(
-    `HTTP/1.1 ${status} ${status === 503 ? 'Service Unavailable' : 'Bad Gateway'}\r\n` +
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
       `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
   );
 }

@@ -15,6 +15,8 @@ export class ProcessRuntime implements Runtime {
   private child: ChildProcess | undefined;
   private stopping: Promise<void> | undefined;
   private exitListener: (code: number | null, signal: string | null) => void = () => {};
+  /** Bumped by every stop, so a start still waiting (for the last stop, for the disk) gives up. */
+  private stops = 0;
 
   constructor(
     private readonly config: ProcessRuntimeConfig,
@@ -30,7 +32,12 @@ export class ProcessRuntime implements Runtime {
   }
 
   async start(): Promise<void> {
+    const ticket = this.stops;
+    const stillWanted = () => {
+      if (this.stops !== ticket) throw new StartError('stopped before it started', undefined, true);
+    };
     await this.stopping;
+    stillWanted();
     if (this.child) return;
     for (const required of this.config.requires) {
       try {
@@ -40,10 +47,12 @@ export class ProcessRuntime implements Runtime {
       }
     }
     await mkdir(path.dirname(this.logFile), { recursive: true });
+    stillWanted();
     const log = await open(this.logFile, 'a');
     const [program, ...args] = this.config.command;
     try {
       await log.write(`\n--- ${new Date().toISOString()} understudy starts: ${this.config.command.join(' ')}\n`);
+      stillWanted();
       const child = spawn(program!, args, {
         cwd: this.config.cwd,
         env: { ...process.env, ...this.config.env },
@@ -60,6 +69,7 @@ export class ProcessRuntime implements Runtime {
         this.exitListener(code, signal);
       });
     } catch (error) {
+      if (error instanceof StartError) throw error;
       throw new StartError(`could not run ${program}: ${(error as Error).message}`, { cause: error });
     } finally {
       // The child holds its own copy of the descriptor.
@@ -68,6 +78,7 @@ export class ProcessRuntime implements Runtime {
   }
 
   stop(): Promise<void> {
+    this.stops += 1;
     const child = this.child;
     if (!child) return this.stopping ?? Promise.resolve();
     this.child = undefined; // from here on its exit is expected, not a failure

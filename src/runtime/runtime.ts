@@ -15,8 +15,13 @@ export interface Runtime {
 
 export class StartError extends UnderstudyError {
   override name = 'StartError';
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('START_FAILED', message, true, options);
+  constructor(
+    message: string,
+    options?: { cause?: unknown },
+    /** A stop came before the start could finish: nothing failed. */
+    readonly cancelled = false,
+  ) {
+    super(cancelled ? 'START_CANCELLED' : 'START_FAILED', message, true, options);
   }
 }
 

@@ -500,3 +500,19 @@ describe('review findings', () => {
     expect(h.state.active).toBe('hot'); // failback: never
   });
 });
+
+describe('version problems', () => {
+  it('are reported once while they last, and again when they change', () => {
+    const h = new Harness(service({ version: '1.0' }));
+    h.send({ type: 'boot' });
+    h.send({ type: 'probe', instance: 'hot', probe: 'startup', ok: true, detail: '200' });
+    h.take();
+    for (let i = 0; i < 5; i++) h.send({ type: 'version', instance: 'hot', version: undefined, detail: '/version answered 404' });
+    h.send({ type: 'version', instance: 'hot', version: '2.0', detail: '200' });
+    h.send({ type: 'version', instance: 'hot', version: '2.0', detail: '200' });
+    expect(h.events('version-mismatch').map((e) => e.reason)).toEqual([
+      'version unreadable: /version answered 404; not admitted',
+      'serves version 2.0, expected 1.0; not admitted',
+    ]);
+  });
+});

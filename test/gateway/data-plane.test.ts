@@ -171,3 +171,59 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000): Promise
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+describe('bounds', () => {
+  it('a request past timeouts.total gets 504 and is not tried again elsewhere', async () => {
+    const [slow, other] = await Promise.all([
+      startModelServer({ name: 'slow', waitFor: 'ready' }),
+      startModelServer({ name: 'other', waitFor: 'ready' }),
+    ]);
+    const bounded = await startGateway(`
+stateDir: STATE
+gateway: { listen: "127.0.0.1:0" }
+services:
+  infer:
+    route: { pathPrefix: / }
+    timeouts: { total: 300ms }
+    instances:
+      slow: { tier: primary, url: "${slow.url}" }
+      other: { tier: hot, url: "${other.url}" }
+`);
+    await bounded.event(on.active('slow'));
+    const response = await request(`${bounded.url}/v1/long?ms=3000`);
+    expect(response.statusCode).toBe(504);
+    await response.body.dump();
+    expect((await other.stats()).byPath['/v1/long']).toBeUndefined();
+
+    // A client that stops sending its body is bounded the same way.
+    const socket = connect(Number(new URL(bounded.url).port), '127.0.0.1');
+    socket.write('POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b');
+    let text = '';
+    for await (const chunk of socket) {
+      text += String(chunk);
+      if (text.includes('}')) break;
+    }
+    socket.destroy();
+    expect(text).toMatch(/^HTTP\/1\.1 504/);
+    expect(text).toContain('timeouts.total');
+  });
+
+  it('shuts down on time with a WebSocket still open', async () => {
+    const upstream = await startModelServer({ name: 'ws', waitFor: 'ready' });
+    const withSocket = await startGateway(`
+stateDir: STATE
+gateway: { listen: "127.0.0.1:0" }
+services:
+  infer:
+    route: { pathPrefix: / }
+    instances:
+      ws: { tier: primary, url: "${upstream.url}" }
+`);
+    await withSocket.event(on.active('ws'));
+    const socket = new WebSocket(`${withSocket.url.replace('http', 'ws')}/ws`);
+    await once(socket, 'open');
+    const closed = once(socket, 'close');
+    await withSocket.app.close(500);
+    await closed;
+  });
+});

@@ -75,6 +75,20 @@ describe('process runtime', () => {
     expect(exits).toEqual([7]);
   });
 
+  it('a stop cancels a start still waiting for the previous stop, so no process outlives it', async () => {
+    const port = await freePort();
+    const { rt, log } = runtime(['--port', String(port), '--ignore-sigterm'], { stopGrace: 500 });
+    await rt.start();
+    await fileContains(log, `listening ${port}`);
+    const firstStop = rt.stop();
+    const restart = rt.start(); // waits for the first stop (SIGTERM is ignored: 500ms)
+    const secondStop = rt.stop();
+    await expect(restart).rejects.toMatchObject({ code: 'START_CANCELLED' });
+    await Promise.all([firstStop, secondStop]);
+    expect(rt.pid).toBeUndefined();
+    expect(readFileSync(log, 'utf8').match(/understudy starts/g)).toHaveLength(1);
+  });
+
   it('refuses to start when a required path is missing, naming it', async () => {
     const { rt } = runtime(['--port', '0'], { requires: ['/nonexistent/model-dir'] });
     await expect(rt.start()).rejects.toThrow(new StartError('pre-start check failed: /nonexistent/model-dir does not exist'));
