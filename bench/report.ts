@@ -70,7 +70,9 @@ function coldSection(cold: ColdResult): string {
   return `## Cold standby take-over (Understudy)
 
 The primary is SIGKILLed under 20 req/s; the only standby is cold: Understudy starts it, and it takes its own
-time to load its model. Clients wait up to 10 s.
+time to load its model (then answers at once, so the first answer times the take-over, not inference).
+Clients wait up to 10 s. Added by Understudy: from the \`no-ready-instance\` event to the first answer from the
+cold standby, less the standby's own start-up (its process start to its model loaded).
 
 ${table(
   ['Measure', 'Value', 'Goal'],

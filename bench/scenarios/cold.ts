@@ -19,7 +19,7 @@ export interface ColdResult {
   takeoverMs: number | null;
   /** The part of the cold standby's own start-up (process start to model loaded) that came after the fault. */
   coldStartupMs: number | null;
-  /** takeoverMs less coldStartupMs: what Understudy itself added. */
+  /** From the no-ready-instance event to the first answer from the cold standby, less coldStartupMs: what Understudy itself added. */
   addedMs: number | null;
   /** From the SIGKILL to Understudy's no-ready-instance event. */
   detectionMs: number | null;
@@ -32,7 +32,8 @@ function services(primaryUrl: string, coldPort: number): Record<string, unknown>
     url: `http://127.0.0.1:${coldPort}`,
     runtime: {
       type: 'process',
-      command: [process.execPath, MODEL_SERVER_PATH, '--port', String(coldPort), '--name', 'cold', '--load-delay', String(COLD_LOAD_DELAY_MS)],
+      // --latency 0: the first answer times the take-over, not the model's own inference.
+      command: [process.execPath, MODEL_SERVER_PATH, '--port', String(coldPort), '--name', 'cold', '--load-delay', String(COLD_LOAD_DELAY_MS), '--latency', '0'],
     },
     probes: { startup: { http: { path: '/health' }, interval: '50ms', budget: '30s' } },
   };
@@ -65,7 +66,8 @@ async function measure(gateway: UnderstudyGateway, primary: ModelServer, coldPor
     failures,
     takeoverMs,
     coldStartupMs,
-    addedMs: takeoverMs !== null && coldStartupMs !== null ? takeoverMs - coldStartupMs : null,
+    addedMs:
+      takeoverMs !== null && coldStartupMs !== null && noReady ? takeoverMs - (noReady.time - faultAt) - coldStartupMs : null,
     detectionMs: noReady ? noReady.time - faultAt : null,
     p99Ms: percentile(run.results.filter((r) => r.start >= faultAt).map((r) => r.end - r.start), 99),
   };
