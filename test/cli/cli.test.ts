@@ -118,8 +118,13 @@ describe('understudy up, status, switchover, events', () => {
     expect(message.type).toBe('up');
   });
 
-  afterAll(() => {
-    if (up.exitCode === null) up.kill('SIGKILL');
+  afterAll(async () => {
+    if (up.exitCode !== null) return;
+    // SIGTERM first, so the model servers it started are stopped with it even when a test failed midway.
+    up.kill('SIGTERM');
+    const timer = setTimeout(() => up.kill('SIGKILL'), 15_000);
+    await once(up, 'exit');
+    clearTimeout(timer);
   });
 
   /** The first log line that matches, as soon as Understudy writes it. */
