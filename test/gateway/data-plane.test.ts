@@ -6,7 +6,8 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { startModelServer, stopAll, type ModelServer } from '../support/fixture.js';
-import { closeAllGateways, on, startGateway, type RunningGateway } from '../support/gateway.js';
+import { closeAllGateways, inferService, on, startGateway, type RunningGateway } from '../support/gateway.js';
+import { waitUntil } from '../support/wait.js';
 
 let model: ModelServer;
 let gateway: RunningGateway;
@@ -121,10 +122,10 @@ describe('failures the client must see', () => {
     const controller = new AbortController();
     const pending = request(`${gateway.url}/llm/v1/long?ms=5000`, { signal: controller.signal });
     // Abort once the request has reached the model server.
-    await waitFor(async () => ((await model.stats()).byPath['/v1/long'] ?? 0) > 0);
+    await waitUntil(async () => ((await model.stats()).byPath['/v1/long'] ?? 0) > 0, { what: 'the request to reach the model' });
     controller.abort();
     await expect(pending).rejects.toThrow();
-    await waitFor(async () => (await model.stats()).aborted > before);
+    await waitUntil(async () => (await model.stats()).aborted > before, { what: 'the model server to see the abort' });
   });
 });
 
@@ -163,32 +164,18 @@ describe('bad requests get clear errors and leave Understudy running', () => {
   });
 });
 
-/** Checks a condition each time the model server can have changed; bounded. */
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
 describe('bounds', () => {
   it('a request past timeouts.total gets 504 and is not tried again elsewhere', async () => {
     const [slow, other] = await Promise.all([
       startModelServer({ name: 'slow', waitFor: 'ready' }),
       startModelServer({ name: 'other', waitFor: 'ready' }),
     ]);
-    const bounded = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    timeouts: { total: 300ms }
-    instances:
-      slow: { tier: primary, url: "${slow.url}" }
-      other: { tier: hot, url: "${other.url}" }
-`);
+    const bounded = await startGateway(inferService(`
+timeouts: { total: 300ms }
+instances:
+  slow: { tier: primary, url: "${slow.url}" }
+  other: { tier: hot, url: "${other.url}" }
+`));
     await bounded.event(on.active('slow'));
     const response = await request(`${bounded.url}/v1/long?ms=3000`);
     expect(response.statusCode).toBe(504);
@@ -210,15 +197,10 @@ services:
 
   it('shuts down on time with a WebSocket still open', async () => {
     const upstream = await startModelServer({ name: 'ws', waitFor: 'ready' });
-    const withSocket = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    instances:
-      ws: { tier: primary, url: "${upstream.url}" }
-`);
+    const withSocket = await startGateway(inferService(`
+instances:
+  ws: { tier: primary, url: "${upstream.url}" }
+`));
     await withSocket.event(on.active('ws'));
     const socket = new WebSocket(`${withSocket.url.replace('http', 'ws')}/ws`);
     await once(socket, 'open');

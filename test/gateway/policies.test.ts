@@ -3,7 +3,7 @@ import path from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MODEL_SERVER_PATH, startModelServer, stopAll } from '../support/fixture.js';
-import { closeAllGateways, on, startGateway } from '../support/gateway.js';
+import { closeAllGateways, inferService, on, startGateway } from '../support/gateway.js';
 import { runLoad } from '../support/load.js';
 import { freePort } from '../support/ports.js';
 
@@ -23,22 +23,17 @@ describe('a cold standby', () => {
       startModelServer({ name: 'hot2', latencyMs: 10, waitFor: 'ready' }),
     ]);
     const coldPort = await freePort();
-    const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    instances:
-      primary: { tier: primary, url: "${primary.url}" }
-      hot: { tier: hot, url: "${hot.url}" }
-      hot2: { tier: hot, url: "${hot2.url}" }
-      cold:
-        tier: cold
-        url: "http://127.0.0.1:${coldPort}"
-        ${processInstance(coldPort, 'cold', ', --load-delay, "1500"')}
-        probes: { startup: { http: { path: /health }, interval: 50ms, budget: 30s } }
-`);
+    const gateway = await startGateway(inferService(`
+instances:
+  primary: { tier: primary, url: "${primary.url}" }
+  hot: { tier: hot, url: "${hot.url}" }
+  hot2: { tier: hot, url: "${hot2.url}" }
+  cold:
+    tier: cold
+    url: "http://127.0.0.1:${coldPort}"
+    ${processInstance(coldPort, 'cold', ', --load-delay, "1500"')}
+    probes: { startup: { http: { path: /health }, interval: 50ms, budget: 30s } }
+`));
     await gateway.event(on.active('primary'));
     await gateway.event(on.state('hot', 'ready'));
     await gateway.event(on.state('hot2', 'ready'));
@@ -67,16 +62,11 @@ services:
 
   it('answers 503 with Retry-After and a JSON reason once the queue timeout passes', async () => {
     const primary = await startModelServer({ name: 'primary', waitFor: 'ready' });
-    const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    queue: { timeout: 300ms }
-    instances:
-      primary: { tier: primary, url: "${primary.url}" }
-`);
+    const gateway = await startGateway(inferService(`
+queue: { timeout: 300ms }
+instances:
+  primary: { tier: primary, url: "${primary.url}" }
+`));
     await gateway.event(on.active('primary'));
     primary.kill('SIGKILL');
     const response = await request(`${gateway.url}/v1/infer`);
@@ -92,16 +82,11 @@ services:
 
 describe('timeouts.total', () => {
   it('bounds the wait in the queue too: 504 naming the timeout', async () => {
-    const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    timeouts: { total: 300ms }
-    instances:
-      primary: { tier: primary, url: "http://127.0.0.1:${await freePort()}" }
-`);
+    const gateway = await startGateway(inferService(`
+timeouts: { total: 300ms }
+instances:
+  primary: { tier: primary, url: "http://127.0.0.1:${await freePort()}" }
+`));
     const response = await request(`${gateway.url}/v1/infer`);
     expect(response.statusCode).toBe(504);
     expect(await response.body.json()).toMatchObject({
@@ -114,20 +99,15 @@ describe('failback', () => {
   it('"after 1s stable" returns traffic to the restarted primary, "never" keeps it on the standby', async () => {
     for (const policy of ['"after 1s stable"', 'never']) {
       const [primaryPort, hot] = [await freePort(), await startModelServer({ name: 'hot', waitFor: 'ready' })];
-      const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    failback: ${policy}
-    instances:
-      primary:
-        tier: primary
-        url: "http://127.0.0.1:${primaryPort}"
-        ${processInstance(primaryPort, 'primary')}
-      hot: { tier: hot, url: "${hot.url}" }
-`);
+      const gateway = await startGateway(inferService(`
+failback: ${policy}
+instances:
+  primary:
+    tier: primary
+    url: "http://127.0.0.1:${primaryPort}"
+    ${processInstance(primaryPort, 'primary')}
+  hot: { tier: hot, url: "${hot.url}" }
+`));
       await gateway.event(on.active('primary'));
       const pid = gateway.app.service('infer')!.view().instances[0]!.pid!;
       process.kill(pid, 'SIGKILL');
@@ -153,16 +133,11 @@ describe('switchover', () => {
       startModelServer({ name: 'primary', latencyMs: 100, waitFor: 'ready' }),
       startModelServer({ name: 'hot', latencyMs: 100, waitFor: 'ready' }),
     ]);
-    const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    instances:
-      primary: { tier: primary, url: "${primary.url}" }
-      hot: { tier: hot, url: "${hot.url}" }
-`);
+    const gateway = await startGateway(inferService(`
+instances:
+  primary: { tier: primary, url: "${primary.url}" }
+  hot: { tier: hot, url: "${hot.url}" }
+`));
     await gateway.event(on.state('hot', 'ready'));
     await gateway.event(on.active('primary'));
     const service = gateway.app.service('infer')!;
@@ -192,20 +167,15 @@ describe('flap damping', () => {
   it('quarantines an instance that keeps crashing, keeps it stopped, and keeps its log', async () => {
     const hot = await startModelServer({ name: 'hot', waitFor: 'ready' });
     const port = await freePort();
-    const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    quarantine: { failures: 3, within: 1m }
-    instances:
-      primary:
-        tier: primary
-        url: "http://127.0.0.1:${port}"
-        ${processInstance(port, 'primary', ', --exit-after, "300", --exit-code, "3"')}
-      hot: { tier: hot, url: "${hot.url}" }
-`);
+    const gateway = await startGateway(inferService(`
+quarantine: { failures: 3, within: 1m }
+instances:
+  primary:
+    tier: primary
+    url: "http://127.0.0.1:${port}"
+    ${processInstance(port, 'primary', ', --exit-after, "300", --exit-code, "3"')}
+  hot: { tier: hot, url: "${hot.url}" }
+`));
     const quarantined = await gateway.event(on.type('quarantined', 'primary'), 20_000);
     expect(quarantined.reason).toMatch(/^3 failures within 60000ms; kept stopped with its logs until resumed. Last: process exited with code 3/);
     const view = gateway.app.service('infer')!.view();
@@ -224,18 +194,13 @@ describe('version pinning', () => {
       startModelServer({ name: 'primary', modelVersion: '1.0', waitFor: 'ready' }),
       startModelServer({ name: 'hot', modelVersion: '2.0', waitFor: 'ready' }),
     ]);
-    const gateway = await startGateway(`
-stateDir: STATE
-gateway: { listen: "127.0.0.1:0" }
-services:
-  infer:
-    route: { pathPrefix: / }
-    version: { expect: "1.0" }
-    queue: { timeout: 500ms }
-    instances:
-      primary: { tier: primary, url: "${primary.url}" }
-      hot: { tier: hot, url: "${hot.url}" }
-`);
+    const gateway = await startGateway(inferService(`
+version: { expect: "1.0" }
+queue: { timeout: 500ms }
+instances:
+  primary: { tier: primary, url: "${primary.url}" }
+  hot: { tier: hot, url: "${hot.url}" }
+`));
     await gateway.event(on.active('primary'));
     const mismatch = await gateway.event(on.type('version-mismatch', 'hot'));
     expect(mismatch.reason).toBe('serves version 2.0, expected 1.0; not admitted');

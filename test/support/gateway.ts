@@ -64,6 +64,19 @@ export async function closeAllGateways(): Promise<void> {
   await Promise.all([...running].map((g) => g.close()));
 }
 
+/**
+ * A config with one service, `infer`, on every path of a gateway on a free port;
+ * `body` is the rest of the service (instances, policies), written from column 0.
+ */
+export function inferService(body: string): string {
+  const service = body
+    .trim()
+    .split('\n')
+    .map((line) => `    ${line}`)
+    .join('\n');
+  return `stateDir: STATE\ngateway: { listen: "127.0.0.1:0" }\nservices:\n  infer:\n    route: { pathPrefix: / }\n${service}\n`;
+}
+
 /** Matchers for the events tests wait on. */
 export const on = {
   active: (to: string, kind?: string) => (e: UnderstudyEvent) =>
