@@ -106,8 +106,8 @@ interface Exchange {
   report: Report;
 }
 
-async function attempts(exchange: Exchange): Promise<void> {
-  const { req, res, upstreams, path, requestId, hooks, requestSignal, ended, report } = exchange;
+async function attempts(x: Exchange): Promise<void> {
+  const { req, res, upstreams, path, requestId, hooks, requestSignal, ended, report } = x;
   const config = upstreams.config;
 
   let body: Body;
@@ -121,7 +121,93 @@ async function attempts(exchange: Exchange): Promise<void> {
     return;
   }
 
-  const headers = upstreamHeaders(req, requestId);
+  const outgoing: Outgoing = { method: req.method ?? 'GET', path, headers: upstreamHeaders(req, requestId), body, retryable };
+  const answer = await exchange(upstreams, outgoing, requestSignal, ended, hooks);
+  if (!answer.ok) {
+    if (answer.error === null) return report(499, 'client-abort', answer.instance, answer.attempts);
+    respondError(res, answer.error, requestId);
+    return report(answer.error.status, 'error', answer.instance, answer.attempts, answer.error.message);
+  }
+
+  const { status, instance, attempts: n } = answer;
+  const responseHeaders = downstreamHeaders(answer.headers);
+  responseHeaders['x-request-id'] = requestId;
+  responseHeaders['x-understudy-instance'] = instance;
+  try {
+    res.writeHead(status, responseHeaders);
+  } catch (error) {
+    // Invalid headers from the instance: nothing was sent yet, so say so cleanly.
+    answer.body.destroy();
+    answer.finish(new Error(`invalid response head: ${(error as Error).message}`), 'error');
+    const failure = new ProxyError('UPSTREAM_INVALID', 502, `${instance} sent an invalid response head`, { service: config.name });
+    respondError(res, failure, requestId);
+    return report(502, 'error', instance, n, failure.message);
+  }
+  await new Promise<void>((resolve) => {
+    relay(answer.body, res, (error) => {
+      const [outcome, detail] = answer.finish(error);
+      if (!error) {
+        report(status, 'ok', instance, n);
+      } else {
+        // The client sees a cut body, not a clean end.
+        res.destroy();
+        report(status, outcome === 'client-abort' ? 'client-abort' : 'cut', instance, n, detail);
+      }
+      resolve();
+    });
+  });
+}
+
+/** A request on its way to a service: a client's, or an item of a job. */
+export interface Outgoing {
+  method: string;
+  path: string;
+  headers: Record<string, string | string[]>;
+  body: Body;
+  /** Whether the body can be sent again (it is held in memory). */
+  retryable: boolean;
+}
+
+/** Why the sender cut a request short, read when its signal aborts: `client` left, or its `total` time passed. */
+export interface Ended {
+  client: boolean;
+  total: boolean;
+}
+
+/** The answer that will be passed on, or why there is none. */
+export type Answer =
+  | {
+      ok: true;
+      instance: string;
+      status: number;
+      headers: Record<string, string | string[] | undefined>;
+      body: Readable;
+      /** Attempts made, this one included. */
+      attempts: number;
+      /**
+       * Call once the body is consumed (or failed): feeds passive health and the attempt
+       * metrics, and says how the attempt ended.
+       */
+      finish(error?: Error, outcome?: AttemptOutcome): [AttemptOutcome, string];
+    }
+  /** `error` null: the sender left (its signal aborted with ended.client). */
+  | { ok: false; error: ProxyError | null; instance: string | null; attempts: number };
+
+/**
+ * Sends a request to the service, retrying on another instance (per the service's
+ * retry policy) until an answer may be passed on. Waits in the service's queue while
+ * no instance is ready. The caller consumes the body and then calls `finish`.
+ */
+export async function exchange(
+  upstreams: Upstreams,
+  outgoing: Outgoing,
+  requestSignal: AbortSignal,
+  ended: Ended,
+  hooks: Pick<ProxyHooks, 'onAttempt' | 'onRetry'>,
+): Promise<Answer> {
+  const config = upstreams.config;
+  const { path, headers, body, retryable } = outgoing;
+  const method = outgoing.method as Dispatcher.HttpMethod;
   const tried = new Set<string>();
   // Attempts that may have reached a model count against retry.attempts; a refused
   // connection did no work, so it only takes that instance out and tries the next.
@@ -134,11 +220,9 @@ async function attempts(exchange: Exchange): Promise<void> {
     try {
       attempt = await upstreams.acquire(tried, requestSignal);
     } catch (error) {
-      if (ended.client) return report(499, 'client-abort', null, n - 1);
+      if (ended.client) return { ok: false, error: null, instance: null, attempts: n - 1 };
       // Nothing can take the request now: the queue's 503 says why, better than the last attempt's error.
-      const failure = asProxyError(error, config.name);
-      respondError(res, failure, requestId);
-      return report(failure.status, 'error', null, n - 1, failure.message);
+      return { ok: false, error: asProxyError(error, config.name), instance: null, attempts: n - 1 };
     }
     tried.add(attempt.instance);
     const link = follow(requestSignal, attempt);
@@ -149,7 +233,7 @@ async function attempts(exchange: Exchange): Promise<void> {
     try {
       response = await attempt.dispatcher.request({
         path,
-        method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+        method,
         headers,
         body,
         signal: attempt.signal,
@@ -161,7 +245,7 @@ async function attempts(exchange: Exchange): Promise<void> {
       const [outcome, detail] = classify(error, ended, attempt.signal);
       attempt.finish(outcome, detail);
       hooks.onAttempt(config.name, attempt.instance, outcome);
-      if (outcome === 'client-abort') return report(499, 'client-abort', attempt.instance, n);
+      if (outcome === 'client-abort') return { ok: false, error: null, instance: attempt.instance, attempts: n };
       if (outcome === 'connect' && retryable && refused < MAX_REFUSED) {
         refused += 1;
         hooks.onRetry(config.name, outcome);
@@ -174,8 +258,7 @@ async function attempts(exchange: Exchange): Promise<void> {
       }
       // A streamed body that outgrew limits.body ends the request with the gateway's own 413.
       const failure = error instanceof ProxyError ? error : failureFor(outcome, detail, attempt.instance, config.name, n);
-      respondError(res, failure, requestId);
-      return report(failure.status, 'error', attempt.instance, n, failure.message);
+      return { ok: false, error: failure, instance: attempt.instance, attempts: n };
     }
 
     counted += 1;
@@ -190,43 +273,29 @@ async function attempts(exchange: Exchange): Promise<void> {
       continue;
     }
 
-    const responseHeaders = downstreamHeaders(response.headers);
-    responseHeaders['x-request-id'] = requestId;
-    responseHeaders['x-understudy-instance'] = attempt.instance;
-    try {
-      res.writeHead(status, responseHeaders);
-    } catch (error) {
-      // Invalid headers from the instance: nothing was sent yet, so say so cleanly.
-      link.dispose();
-      response.body.destroy();
-      attempt.finish('error', `invalid response head: ${(error as Error).message}`);
-      const failure = new ProxyError('UPSTREAM_INVALID', 502, `${attempt.instance} sent an invalid response head`, {
-        service: config.name,
-      });
-      respondError(res, failure, requestId);
-      return report(502, 'error', attempt.instance, n, failure.message);
-    }
     const instance = attempt.instance;
-    await new Promise<void>((resolve) => {
-      relay(response.body, res, (error) => {
+    let finished = false;
+    return {
+      ok: true,
+      instance,
+      status,
+      headers: response.headers,
+      body: response.body,
+      attempts: n,
+      finish: (error, forced) => {
+        const result: [AttemptOutcome, string] = error
+          ? forced
+            ? [forced, error.message]
+            : classify(error, ended, attempt.signal)
+          : [status >= 500 ? 'status' : 'ok', `answered ${status}`];
+        if (finished) return result;
+        finished = true;
         link.dispose();
-        if (!error) {
-          const outcome = status >= 500 ? 'status' : 'ok';
-          attempt.finish(outcome, `answered ${status}`);
-          hooks.onAttempt(config.name, instance, outcome);
-          report(status, 'ok', instance, n);
-        } else {
-          const [outcome, detail] = classify(error, ended, attempt.signal);
-          attempt.finish(outcome, `response broke: ${detail}`);
-          hooks.onAttempt(config.name, instance, outcome);
-          // The client sees a cut body, not a clean end.
-          res.destroy();
-          report(status, outcome === 'client-abort' ? 'client-abort' : 'cut', instance, n, detail);
-        }
-        resolve();
-      });
-    });
-    return;
+        attempt.finish(result[0], error ? `response broke: ${result[1]}` : result[1]);
+        if (!forced) hooks.onAttempt(config.name, instance, result[0]);
+        return result;
+      },
+    };
   }
 }
 
