@@ -1,7 +1,13 @@
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { parseDuration } from '../config/index.js';
 import type { Understudy } from '../controller/index.js';
+import { UnderstudyError } from '../core/index.js';
+import { itemsInOrder, JobError, resultBytes, resultLine, StoreError, type JobState, type JobView } from '../jobs/index.js';
 import { tokenMatches } from './token.js';
+
+const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed', 'cancelled']);
 
 /**
  * The admin API. Everything but `/healthz` and `/metrics` needs the bearer token;
@@ -12,6 +18,15 @@ import { tokenMatches } from './token.js';
  *   POST /v1/services/:service/switchover   {"to"?}      move traffic on purpose
  *   POST /v1/services/:service/instances/:name/drain     take out of rotation, then stop
  *   POST /v1/services/:service/instances/:name/resume    bring back a drained or quarantined instance
+ *
+ *   POST /v1/jobs                    submit a job (Idempotency-Key: the same job for a repeat)
+ *   GET  /v1/jobs?state=&service=&limit=
+ *   GET  /v1/jobs/:id                the job with its progress
+ *   POST /v1/jobs/:id/pause|resume|cancel
+ *   GET  /v1/jobs/:id/stream         server-sent events: progress until the job ends
+ *   GET  /v1/jobs/:id/results        JSON Lines, one result per item in item order
+ *   GET  /v1/jobs/:id/items/:index/body   the raw body of one item's result
+ *   GET  /v1/jobs/:id/output         the joined output (join: wav or concat), once the job ended
  */
 export class AdminServer {
   private server: Server | undefined;
@@ -62,14 +77,23 @@ export class AdminServer {
       return send(res, 200, { services: Object.fromEntries(this.app.status().map((s) => [s.name, s])) });
     }
     if (route === 'GET /v1/events') return this.events(url, res);
+    if (url.pathname === '/v1/jobs' || url.pathname.startsWith('/v1/jobs/')) {
+      try {
+        return await this.jobs(req, res, url);
+      } catch (error) {
+        if (error instanceof JobError) return send(res, error.status, { error: { code: error.code, message: error.message, ...error.details } });
+        if (error instanceof StoreError) return send(res, 503, { error: { code: error.code, message: error.message } });
+        throw error;
+      }
+    }
 
     const command = /^\/v1\/services\/([^/]+)(?:\/instances\/([^/]+))?\/(switchover|drain|resume)$/.exec(url.pathname);
     if (req.method === 'POST' && command) {
       const [, serviceName, instance, verb] = command;
       const service = this.app.service(decodeURIComponent(serviceName!));
       if (!service) return send(res, 404, { error: { code: 'NO_SERVICE', message: `no service named ${serviceName}` } });
-      const body = await readJson(req);
-      if (body === undefined) return send(res, 400, { error: { code: 'BAD_JSON', message: 'the body is not JSON' } });
+      const body = await readJson(req, 64 * 1024);
+      if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
       let rejected: string | undefined;
       if (verb === 'switchover' && instance === undefined) {
         const to = (body as { to?: unknown }).to;
@@ -86,6 +110,105 @@ export class AdminServer {
       return send(res, 200, { ok: true, service: service.view() });
     }
     return notFound(res);
+  }
+
+  private async jobs(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const jobs = this.app.jobs;
+    const parts = url.pathname.split('/').slice(3).map(decodeURIComponent);
+    const [id, verb, index, tail] = parts;
+    const method = req.method ?? 'GET';
+    if (id === undefined) {
+      if (method === 'POST') {
+        const body = await readJson(req, this.app.config.jobs.submitLimit);
+        if (body instanceof UnderstudyError) {
+          return send(res, body.code === 'TOO_LARGE' ? 413 : 400, { error: { code: body.code, message: body.message } });
+        }
+        const key = req.headers['idempotency-key'];
+        const { job, created } = await jobs.submit(body, typeof key === 'string' && key !== '' ? key : null);
+        return send(res, created ? 201 : 200, { job, created });
+      }
+      if (method === 'GET') {
+        const state = url.searchParams.get('state') ?? undefined;
+        if (state !== undefined && !JOB_STATES.has(state as JobState)) {
+          return send(res, 400, { error: { code: 'BAD_FIELD', message: `state is one of ${[...JOB_STATES].join(', ')}` } });
+        }
+        const limit = url.searchParams.get('limit');
+        if (limit !== null && !/^\d+$/.test(limit)) return send(res, 400, { error: { code: 'BAD_FIELD', message: 'limit is a whole number' } });
+        const list = await jobs.list({
+          state: state as JobState | undefined,
+          service: url.searchParams.get('service') ?? undefined,
+          limit: limit === null ? 100 : Number(limit),
+        });
+        return send(res, 200, { jobs: list });
+      }
+      return notFound(res);
+    }
+    if (method === 'GET' && verb === undefined) return send(res, 200, { job: await jobs.view(id) });
+    if (method === 'POST' && (verb === 'pause' || verb === 'resume' || verb === 'cancel') && index === undefined) {
+      return send(res, 200, { job: await jobs[verb](id) });
+    }
+    if (method !== 'GET') return notFound(res);
+    if (verb === 'stream' && index === undefined) return this.jobStream(req, res, id);
+    if (verb === 'results' && index === undefined) {
+      await jobs.view(id); // 404 for an unknown job
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      for await (const item of itemsInOrder(this.app.jobStore(), id)) {
+        if (!res.write(`${JSON.stringify(resultLine(item))}\n`)) await new Promise((resolve) => res.once('drain', resolve));
+        if (res.destroyed) return;
+      }
+      res.end();
+      return;
+    }
+    if (verb === 'items' && index !== undefined && /^\d+$/.test(index) && tail === 'body') {
+      await jobs.view(id);
+      const [item] = await this.app.jobStore().items(id, Number(index), 1);
+      if (!item || item.index !== Number(index)) return send(res, 404, { error: { code: 'NO_ITEM', message: `job ${id} has no item ${index}` } });
+      if (!item.result) return send(res, 409, { error: { code: 'NOT_DONE', message: `item ${index} has no result yet` } });
+      const bytes = await resultBytes(item.result.body);
+      res.writeHead(200, {
+        'content-type': item.result.headers['content-type'] ?? 'application/octet-stream',
+        'content-length': bytes.length,
+        'x-item-status': String(item.result.status ?? ''),
+      });
+      res.end(bytes);
+      return;
+    }
+    if (verb === 'output' && index === undefined) {
+      const job = await jobs.view(id);
+      const file = job.outputs.joined;
+      if (!file) return send(res, 404, { error: { code: 'NO_OUTPUT', message: `job ${id} joins no output; submit it with "join": "wav" or "concat"` } });
+      if (!['succeeded', 'failed', 'cancelled'].includes(job.state)) {
+        return send(res, 409, { error: { code: 'NOT_DONE', message: `job ${id} is ${job.state}; its output is written when it ends` } });
+      }
+      const info = await stat(file).catch(() => undefined);
+      if (!info) return send(res, 404, { error: { code: 'NO_OUTPUT', message: `${file} is missing` } });
+      res.writeHead(200, { 'content-type': job.options.join === 'wav' ? 'audio/wav' : 'application/octet-stream', 'content-length': info.size });
+      createReadStream(file).pipe(res);
+      return;
+    }
+    return notFound(res);
+  }
+
+  /** Server-sent events: `progress` with the job's view as it changes, then `end` once it is over. */
+  private async jobStream(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {
+    const jobs = this.app.jobs;
+    const first = await jobs.view(id);
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    const over = (view: JobView) => ['succeeded', 'failed', 'cancelled'].includes(view.state);
+    const sendView = (view: JobView) => {
+      res.write(`event: ${over(view) ? 'end' : 'progress'}\ndata: ${JSON.stringify(view)}\n\n`);
+      if (over(view)) finish();
+    };
+    const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
+    let unsubscribe = () => {};
+    const finish = () => {
+      clearInterval(heartbeat);
+      unsubscribe();
+      res.end();
+    };
+    req.once('close', finish);
+    unsubscribe = jobs.subscribe(id, sendView);
+    sendView(first);
   }
 
   private events(url: URL, res: ServerResponse): void {
@@ -121,16 +244,24 @@ function notFound(res: ServerResponse): void {
   send(res, 404, { error: { code: 'NOT_FOUND', message: 'no such admin endpoint; see `understudy --help`' } });
 }
 
-async function readJson(req: IncomingMessage): Promise<unknown> {
-  let text = '';
-  for await (const chunk of req) {
-    text += String(chunk);
-    if (text.length > 64 * 1024) return undefined;
-  }
+/** The body as JSON, or an UnderstudyError (TOO_LARGE, BAD_JSON) that says what is wrong with it. */
+async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  // Events, not for-await: leaving a for-await early destroys the socket, and the 413 with it.
+  await new Promise<void>((resolve, reject) => {
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+    });
+    req.once('end', resolve).once('error', reject);
+  });
+  if (size > limit) return new UnderstudyError('TOO_LARGE', `the body is larger than ${limit} bytes; refer to files for large inputs`);
+  const text = Buffer.concat(chunks, size).toString('utf8');
   if (text.trim() === '') return {};
   try {
     return JSON.parse(text) as unknown;
-  } catch {
-    return undefined;
+  } catch (error) {
+    return new UnderstudyError('BAD_JSON', `the body is not JSON: ${(error as Error).message}`);
   }
 }

@@ -51,6 +51,15 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'no-ready-instance':
       what = 'no ready instance';
       break;
+    case 'job-state':
+      what = `job ${event.job} ${event.from ?? 'submitted'} → ${event.to} (${event.done}/${event.total} done)`;
+      break;
+    case 'job-resumed':
+      what = `job ${event.job} resumed at ${event.done}/${event.total}`;
+      break;
+    case 'item-failed':
+      what = `job ${event.job} item ${event.item} failed${event.final ? '' : ' (will retry)'}`;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }

@@ -1,6 +1,8 @@
 export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 export { loadConfigFile, parseConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
 export type {
+  IdempotencyConfig,
+  JobsConfig,
   ProcessRuntimeConfig,
   ReadyProbeConfig,
   StartupProbeConfig,

@@ -266,6 +266,30 @@ const service = z.strictObject({
   instances: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'instance names use letters, digits, - and _'), instance),
 });
 
+const MiB = 1024 * 1024;
+
+const jobs = z.strictObject({
+  /** Items of one job that run at once, unless the job sets its own. Default 4. */
+  concurrency: count(1).max(1024).default(4),
+  /** Longest run of one item (one request, its whole answer included); past it the item is tried again. Default 10m. */
+  itemTimeout: positiveDuration.default(600_000),
+  /** Further tries of an item after a failed try (5xx, reset, timeout); a 4xx answer is final. Default 3. */
+  retries: count(0).default(3),
+  /** Pause before an item is tried again; doubles each time, up to 30s. Default 1s. */
+  retryDelay: positiveDuration.default(1000),
+  /** Result bodies larger than this are kept as files next to the store, not in it. Default 256KiB. */
+  inlineLimit: size.default(256 * 1024),
+  /** Largest job submission the admin API accepts; larger work refers to files instead. Default 64MiB. */
+  submitLimit: size.default(64 * MiB),
+});
+
+const idempotency = z.strictObject({
+  /** How long a finished answer is kept for repeats of its Idempotency-Key. Default 24h (as Stripe's API). */
+  ttl: positiveDuration.default(86_400_000),
+  /** Largest answer kept for repeats; a larger one is passed through and its key released. Default 16MiB. */
+  maxResponse: size.default(16 * MiB),
+});
+
 export const configSchema = z.strictObject({
   /** Events, instance logs and the admin token. Default `.understudy` next to the config file. */
   stateDir: z.string().min(1).default('.understudy'),
@@ -287,6 +311,17 @@ export const configSchema = z.strictObject({
       access: z.boolean().default(true),
     })
     .default({ level: 'info', access: true }),
+  /** Durable jobs: defaults for every job; a job may set its own concurrency, itemTimeout and retries. */
+  jobs: jobs.default({
+    concurrency: 4,
+    itemTimeout: 600_000,
+    retries: 3,
+    retryDelay: 1000,
+    inlineLimit: 256 * 1024,
+    submitLimit: 64 * MiB,
+  }),
+  /** Requests that carry an Idempotency-Key header are answered once per key. */
+  idempotency: idempotency.default({ ttl: 86_400_000, maxResponse: 16 * MiB }),
   services: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'service names use letters, digits, - and _'), service),
 });
 
@@ -298,3 +333,5 @@ export type ReadyProbeConfig = z.output<typeof readyProbe>;
 export type StartupProbeConfig = z.output<typeof startupProbe>;
 export type VersionProbeConfig = z.output<typeof versionProbe>;
 export type ProcessRuntimeConfig = z.output<typeof processRuntime>;
+export type JobsConfig = z.output<typeof jobs>;
+export type IdempotencyConfig = z.output<typeof idempotency>;

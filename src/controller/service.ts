@@ -80,7 +80,17 @@ export class ServiceController implements Upstreams {
   ) {
     this.state = initialState(config, deps.clock.now());
     for (const instance of config.instances) {
-      const handle = new InstanceHandle(instance, createRuntime(instance, deps.stateDir), config.passive);
+      const onOrphan = (pid: number, reason: string) =>
+        deps.publish({
+          type: 'orphan-stopped',
+          instance: instance.name,
+          pid,
+          reason,
+          time: deps.clock.now(),
+          service: config.name,
+          traceId: randomBytes(8).toString('hex'),
+        });
+      const handle = new InstanceHandle(instance, createRuntime(instance, deps.stateDir, onOrphan), config.passive);
       handle.runtime.onExit((code, signal) => this.dispatch({ type: 'exited', instance: instance.name, code, signal }));
       this.handles.set(instance.name, handle);
     }

@@ -1,8 +1,10 @@
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
 import { systemClock, type Clock, type UnderstudyEvent } from '../core/index.js';
+import { JobError, JobFiles, JobRunner, SqliteJobStore, type JobStore } from '../jobs/index.js';
 import { EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
-import { Gateway, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
+import { Gateway, Idempotency, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
 import { ServiceController, type ServiceView } from './service.js';
 
 type Lifecycle = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
@@ -17,12 +19,16 @@ export class Understudy {
   readonly log: Logger;
   private readonly services = new Map<string, ServiceController>();
   private readonly gateway: Gateway;
+  private readonly proxyHooks: ProxyHooks;
+  private store: JobStore | undefined;
+  private runner: JobRunner | undefined;
+  private pruneTimer: NodeJS.Timeout | undefined;
   private lifecycle: Lifecycle = 'created';
   private closing: Promise<void> | undefined;
 
   constructor(
     readonly config: Config,
-    options: { clock?: Clock; log?: Logger } = {},
+    private readonly options: { clock?: Clock; log?: Logger; store?: () => JobStore } = {},
   ) {
     const clock = options.clock ?? systemClock;
     this.log = options.log ?? createLogger(config.log.level);
@@ -48,7 +54,20 @@ export class Understudy {
       );
       for (const instance of service.instances) this.metrics.instance(service.name, instance.name, 'stopped');
     }
-    this.gateway = new Gateway(this.listeners(), this.hooks());
+    this.proxyHooks = this.hooks();
+    this.gateway = new Gateway(this.listeners(), this.proxyHooks);
+  }
+
+  /** The job store; there once Understudy has started. */
+  jobStore(): JobStore {
+    if (!this.store) throw new JobError('NOT_RUNNING', 'Understudy is not running', 503);
+    return this.store;
+  }
+
+  /** The job runner; there once Understudy has started. */
+  get jobs(): JobRunner {
+    if (!this.runner) throw new JobError('NOT_RUNNING', 'Understudy is not running', 503);
+    return this.runner;
   }
 
   service(name: string): ServiceController | undefined {
@@ -68,8 +87,23 @@ export class Understudy {
     this.lifecycle = 'starting';
     try {
       await this.events.loadHistory();
+      // Before any listener: a store that is locked or corrupt stops Understudy here, having changed nothing.
+      const store = (this.options.store ?? (() => SqliteJobStore.open(path.join(this.config.stateDir, 'jobs.db'))))();
+      this.store = store;
+      const { ttl, maxResponse } = this.config.idempotency;
+      this.proxyHooks.idempotency = new Idempotency(
+        { get: (scope, key, now) => store.getReply(scope, key, now), put: (scope, key, reply) => store.putReply(scope, key, reply) },
+        ttl,
+        maxResponse,
+      );
+      this.pruneTimer = setInterval(() => {
+        store.pruneReplies(Date.now()).catch((error: unknown) => this.log.warn({ err: error }, 'could not forget expired idempotent replies'));
+      }, Math.min(ttl, 3_600_000));
+      this.pruneTimer.unref();
+      this.runner = this.createRunner(store);
       await this.gateway.start();
       for (const service of this.services.values()) service.boot();
+      await this.runner.start();
       this.lifecycle = 'running';
     } catch (error) {
       this.lifecycle = 'failed';
@@ -89,14 +123,34 @@ export class Understudy {
           this.log.error({ err: error }, `shutdown: ${what} failed`);
         }
       };
+      clearInterval(this.pruneTimer);
+      // Jobs first: their items in flight are abandoned, to run again at the next start.
+      await step('stopping jobs', async () => this.runner?.close());
       await step('closing the gateway', () => this.gateway.close(deadlineMs));
       await step('stopping services', async () => {
         await Promise.all([...this.services.values()].map((service) => service.close()));
       });
+      await step('closing the job store', async () => this.store?.close());
       await step('flushing events', () => this.events.close());
       this.lifecycle = 'stopped';
     })();
     return this.closing;
+  }
+
+  private createRunner(store: JobStore): JobRunner {
+    return new JobRunner({
+      store,
+      files: new JobFiles(path.join(this.config.stateDir, 'jobs')),
+      defaults: this.config.jobs,
+      upstreams: (service) => this.services.get(service),
+      hooks: this.proxyHooks,
+      publish: (service, event) => this.events.publish({ ...event, service, time: Date.now(), traceId: randomBytes(8).toString('hex') }),
+      onItem: (service, outcome, ms) => {
+        this.metrics.jobItems.inc({ service, outcome });
+        if (outcome === 'succeeded' || outcome === 'failed') this.metrics.jobItemDuration.observe({ service, outcome }, ms / 1000);
+      },
+      onError: (message, error) => this.log.error({ err: error }, message),
+    });
   }
 
   private listeners(): ListenerSpec[] {

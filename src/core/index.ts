@@ -8,6 +8,7 @@ export type {
   Input,
   InstanceState,
   InstanceStatus,
+  JobState,
   MoveKind,
   ServiceStatus,
   Step,

@@ -54,6 +54,9 @@ export interface ServiceStatus {
   instances: Record<string, InstanceStatus>;
 }
 
+/** A durable job's life (see src/jobs): it runs until every item has a result, or a person pauses or cancels it. */
+export type JobState = 'running' | 'paused' | 'succeeded' | 'failed' | 'cancelled';
+
 export type MoveKind = 'initial' | 'failover' | 'switchover' | 'failback' | 'recovered';
 
 /** Every change of state is one of these; the timeline, metrics, logs and alerts are views of them. */
@@ -65,7 +68,11 @@ export type EventBody =
   | { type: 'version-mismatch'; instance: string; expected: string; actual: string | null; reason: string }
   | { type: 'ejection-skipped'; instance: string; reason: string }
   | { type: 'restart-scheduled'; instance: string; delayMs: number; reason: string }
-  | { type: 'start-failed'; instance: string; reason: string };
+  | { type: 'start-failed'; instance: string; reason: string }
+  | { type: 'orphan-stopped'; instance: string; pid: number; reason: string }
+  | { type: 'job-state'; job: string; from: JobState | null; to: JobState; done: number; total: number; reason: string }
+  | { type: 'job-resumed'; job: string; done: number; total: number; reason: string }
+  | { type: 'item-failed'; job: string; item: number; attempts: number; status: number | null; final: boolean; reason: string };
 
 export type EventType = EventBody['type'];
 

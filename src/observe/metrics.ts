@@ -36,6 +36,21 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly jobItems = new Counter({
+    name: 'understudy_job_items_total',
+    help: 'Tries of job items, by outcome: succeeded, failed (recorded as failed), retried (will be tried again), duplicate (a second run whose result was not recorded).',
+    labelNames: ['service', 'outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly jobItemDuration = new Histogram({
+    name: 'understudy_job_item_duration_seconds',
+    help: 'Time of the try that finished a job item, by outcome.',
+    labelNames: ['service', 'outcome'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800],
+    registers: [this.registry],
+  });
+
   readonly queued = new Gauge({
     name: 'understudy_queue_depth',
     help: 'Requests waiting for a ready instance.',

@@ -4,6 +4,7 @@ import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { AttemptOutcome } from '../health/index.js';
 import { InstanceDownError, ProxyError } from './errors.js';
 import { downstreamHeaders, upstreamHeaders } from './headers.js';
+import { Idempotency } from './idempotency.js';
 import type { Attempt, Upstreams } from './types.js';
 
 /** What the gateway reports about each request, for metrics and access logs. */
@@ -27,6 +28,8 @@ export interface ProxyHooks {
   onError(message: string, error: unknown): void;
   onAttempt(service: string, instance: string, outcome: AttemptOutcome): void;
   onRetry(service: string, reason: string): void;
+  /** Set when requests with an Idempotency-Key are to be answered once. */
+  idempotency?: Idempotency | undefined;
 }
 
 type Body = Buffer | Readable | null;
@@ -66,7 +69,10 @@ export async function forward(
     request.abort(new ProxyError('UPSTREAM_TIMEOUT', 504, `the request took longer than timeouts.total (${config.timeouts.total}ms)`));
   }, config.timeouts.total);
   try {
-    await attempts({ req, res, upstreams, path, requestId, hooks, requestSignal, ended, report });
+    const key = hooks.idempotency ? req.headers['idempotency-key'] : undefined;
+    const exchange: Exchange = { req, res, upstreams, path, requestId, hooks, requestSignal, ended, report };
+    if (typeof key === 'string') await answerOnce(exchange, key, hooks.idempotency!);
+    else await attempts(exchange);
   } finally {
     clearTimeout(totalTimer);
   }
@@ -104,6 +110,80 @@ interface Exchange {
   requestSignal: AbortSignal;
   ended: { client: boolean; total: boolean };
   report: Report;
+  /** The body, when it was read before (to fingerprint it). */
+  read?: { body: Body; retryable: boolean };
+  /** Keeps a copy of the answer passed on, up to `limit` bytes (for Idempotency-Key repeats). */
+  capture?: Capture;
+}
+
+interface Capture {
+  limit: number;
+  answer?: { status: number; headers: Record<string, string | string[]>; body: Buffer };
+}
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+
+/** A request with an Idempotency-Key: run once, repeats get the same answer. */
+async function answerOnce(x: Exchange, key: string, idempotency: Idempotency): Promise<void> {
+  const { req, res, upstreams, path, requestId, requestSignal, report } = x;
+  const config = upstreams.config;
+  const fail = (failure: ProxyError) => {
+    respondError(res, failure, requestId);
+    report(failure.status, 'error', null, 0, failure.message);
+  };
+  if (!IDEMPOTENCY_KEY.test(key)) {
+    return fail(new ProxyError('BAD_IDEMPOTENCY_KEY', 400, 'Idempotency-Key must be 1 to 255 visible ASCII characters'));
+  }
+  let read: { body: Body; retryable: boolean };
+  try {
+    // Held in memory whole: the body is part of what a repeat must match.
+    read = await readBody(req, config.limits.body, config.limits.body, requestSignal);
+  } catch (error) {
+    return fail(asProxyError(error, config.name));
+  }
+  const method = req.method ?? 'GET';
+  const fingerprint = Idempotency.fingerprint(method, path, read.body as Buffer | null);
+  let claim;
+  try {
+    claim = await idempotency.claim(config.name, key, fingerprint);
+  } catch (error) {
+    return fail(
+      new ProxyError('IDEMPOTENCY_UNAVAILABLE', 503, `cannot look up Idempotency-Key: ${(error as Error).message}`, {
+        service: config.name,
+        retryAfterSeconds: 1,
+      }),
+    );
+  }
+  if (claim.kind === 'mismatch') {
+    return fail(
+      new ProxyError(
+        'IDEMPOTENCY_KEY_REUSED',
+        422,
+        `Idempotency-Key ${JSON.stringify(key)} was already used with a different request (method, path or body); use a new key for a new request`,
+        { service: config.name },
+      ),
+    );
+  }
+  if (claim.kind === 'replay') {
+    const { reply } = claim;
+    res.writeHead(reply.status, {
+      ...reply.headers,
+      'content-length': reply.body.length,
+      'x-request-id': requestId,
+      'idempotent-replayed': 'true',
+    });
+    res.end(reply.body);
+    const instance = reply.headers['x-understudy-instance'];
+    return report(reply.status, 'ok', typeof instance === 'string' ? instance : null, 0);
+  }
+  const capture: Capture = { limit: idempotency.maxResponse };
+  try {
+    await attempts({ ...x, read, capture });
+  } finally {
+    const answer = capture.answer;
+    // Only an answer the model gave in full is kept; 5xx and gateway errors release the key for another try.
+    await claim.finish(answer && answer.status < 500 ? answer : undefined);
+  }
 }
 
 async function attempts(x: Exchange): Promise<void> {
@@ -113,7 +193,7 @@ async function attempts(x: Exchange): Promise<void> {
   let body: Body;
   let retryable: boolean;
   try {
-    ({ body, retryable } = await readBody(req, config.retry.bodyLimit, config.limits.body, requestSignal));
+    ({ body, retryable } = x.read ?? (await readBody(req, config.retry.bodyLimit, config.limits.body, requestSignal)));
   } catch (error) {
     const failure = asProxyError(error, config.name);
     respondError(res, failure, requestId);
@@ -143,6 +223,22 @@ async function attempts(x: Exchange): Promise<void> {
     respondError(res, failure, requestId);
     return report(502, 'error', instance, n, failure.message);
   }
+  const capture = x.capture;
+  const kept: Buffer[] = [];
+  if (capture) {
+    let size = 0;
+    answer.body.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= capture.limit) kept.push(chunk);
+    });
+    answer.body.once('end', () => {
+      if (size <= capture.limit) {
+        const headers = responseHeaders as Record<string, string | string[]>;
+        capture.answer = { status, headers: { ...headers }, body: Buffer.concat(kept, size) };
+        delete capture.answer.headers['x-request-id'];
+      }
+    });
+  }
   await new Promise<void>((resolve) => {
     relay(answer.body, res, (error) => {
       const [outcome, detail] = answer.finish(error);
@@ -150,6 +246,7 @@ async function attempts(x: Exchange): Promise<void> {
         report(status, 'ok', instance, n);
       } else {
         // The client sees a cut body, not a clean end.
+        if (capture) capture.answer = undefined;
         res.destroy();
         report(status, outcome === 'client-abort' ? 'client-abort' : 'cut', instance, n, detail);
       }

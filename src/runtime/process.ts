@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { access, mkdir, open } from 'node:fs/promises';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { access, mkdir, open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ProcessRuntimeConfig } from '../config/index.js';
 import { StartError, type Runtime } from './runtime.js';
@@ -21,6 +22,9 @@ export class ProcessRuntime implements Runtime {
   constructor(
     private readonly config: ProcessRuntimeConfig,
     readonly logFile: string,
+    /** Names the running process, so one left behind by an Understudy that was killed is found and stopped. */
+    readonly pidFile: string,
+    private readonly onOrphan: (pid: number, detail: string) => void = () => {},
   ) {}
 
   get pid(): number | undefined {
@@ -47,6 +51,7 @@ export class ProcessRuntime implements Runtime {
       }
     }
     await mkdir(path.dirname(this.logFile), { recursive: true });
+    await this.stopOrphan();
     stillWanted();
     const log = await open(this.logFile, 'a');
     const [program, ...args] = this.config.command;
@@ -61,9 +66,11 @@ export class ProcessRuntime implements Runtime {
       });
       await Promise.race([once(child, 'spawn'), once(child, 'error').then(([error]) => Promise.reject(error))]);
       this.child = child;
+      this.writePidFile(child.pid!);
       // After a successful spawn, 'error' only reports a failed kill; the exit still comes.
       child.on('error', () => {});
       child.once('exit', (code, signal) => {
+        this.removePidFile(child.pid!);
         if (this.child !== child) return;
         this.child = undefined;
         this.exitListener(code, signal);
@@ -77,6 +84,45 @@ export class ProcessRuntime implements Runtime {
     }
   }
 
+  /**
+   * An Understudy that was SIGKILLed leaves its instances running (each is in its own
+   * process group): they would hold the port and the GPU. Stops the one this runtime
+   * started last time, if it still runs the same command.
+   */
+  private async stopOrphan(): Promise<void> {
+    let record: PidRecord;
+    try {
+      record = JSON.parse(await readFile(this.pidFile, 'utf8')) as PidRecord;
+    } catch {
+      return;
+    }
+    const { pid } = record;
+    if (Number.isInteger(pid) && pid > 1 && (await sameProcessGroup(pid, record.command))) {
+      this.onOrphan(pid, `stopping ${record.command.join(' ')} (pid ${pid}), left running by an Understudy that did not shut down`);
+      await terminateGroup(pid, this.config.stopGrace);
+    }
+    this.removePidFile(pid);
+  }
+
+  private writePidFile(pid: number): void {
+    try {
+      mkdirSyncFor(this.pidFile);
+      const record: PidRecord = { pid, command: this.config.command, startedAt: Date.now() };
+      writeFileSync(this.pidFile, `${JSON.stringify(record)}\n`);
+    } catch {
+      // Without it an orphan is not found after a crash; the instance itself runs fine.
+    }
+  }
+
+  private removePidFile(pid: number): void {
+    try {
+      const record = JSON.parse(readFileSync(this.pidFile, 'utf8')) as PidRecord;
+      if (record.pid === pid) rmSync(this.pidFile, { force: true });
+    } catch {
+      // already gone
+    }
+  }
+
   stop(): Promise<void> {
     this.stops += 1;
     const child = this.child;
@@ -87,6 +133,12 @@ export class ProcessRuntime implements Runtime {
     });
     return this.stopping;
   }
+}
+
+export interface PidRecord {
+  pid: number;
+  command: string[];
+  startedAt: number;
 }
 
 /** SIGTERM to the process group, SIGKILL after the grace period unless it exited first. */
@@ -109,4 +161,58 @@ async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Whether `pid` leads its own process group and runs `command` (a pid may be reused by something else). */
+async function sameProcessGroup(pid: number, command: string[]): Promise<boolean> {
+  try {
+    const [cmdline, stat] = await Promise.all([readFile(`/proc/${pid}/cmdline`, 'utf8'), readFile(`/proc/${pid}/stat`, 'utf8')]);
+    // stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so read after the last ")".
+    const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+    return pgrp === pid && cmdline.split('\0').filter(Boolean).join('\0') === command.join('\0');
+  } catch {
+    return false;
+  }
+}
+
+/** SIGTERM to a process group we are not the parent of, then SIGKILL after the grace period. */
+async function terminateGroup(pid: number, graceMs: number): Promise<void> {
+  const signal = (name: NodeJS.Signals) => {
+    try {
+      process.kill(-pid, name);
+    } catch {
+      // gone
+    }
+  };
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return !isZombie(pid);
+    } catch {
+      return false;
+    }
+  };
+  signal('SIGCONT');
+  signal('SIGTERM');
+  const deadline = Date.now() + graceMs;
+  while (alive() && Date.now() < deadline) await sleep(50);
+  if (alive()) signal('SIGKILL');
+  while (alive()) await sleep(20);
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function mkdirSyncFor(file: string): void {
+  mkdirSync(path.dirname(file), { recursive: true });
 }

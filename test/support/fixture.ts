@@ -16,6 +16,8 @@ export interface ModelServerOptions {
   exitAfterMs?: number;
   exitCode?: number;
   fault?: FaultMode;
+  /** --record: append `name request-id` per /v1/infer request to this file. */
+  record?: string;
   /** Resolve once the port is open ('listening', default) or once the model is loaded ('ready'). */
   waitFor?: 'listening' | 'ready';
   startTimeoutMs?: number;
@@ -60,6 +62,7 @@ function toArgs(options: ModelServerOptions): string[] {
     ['--exit-after', options.exitAfterMs],
     ['--exit-code', options.exitCode],
     ['--fault', options.fault],
+    ['--record', options.record],
   ];
   const args = flags.flatMap(([flag, value]) => (value === undefined ? [] : [flag, String(value)]));
   return options.ignoreSigterm ? [...args, '--ignore-sigterm'] : args;

@@ -1,0 +1,638 @@
+import { readFile, rm } from 'node:fs/promises';
+import type { JobsConfig } from '../config/index.js';
+import type { EventBody } from '../core/index.js';
+import { exchange, ProxyError, type Ended, type ProxyHooks, type Upstreams } from '../proxy/index.js';
+import { JobError } from './errors.js';
+import { DurableFile, type JobFiles } from './files.js';
+import { writeJoined, writeResults } from './output.js';
+import { compileSubmission, newJobId } from './spec.js';
+import type { JobStore } from './store.js';
+import { FINAL_STATES, type ItemRecord, type ItemResult, type JobRecord, type JobState, type ResultBody } from './types.js';
+
+/** Answers that say the request itself is wrong: trying it again gives the same answer. */
+const RETRIED_4XX = new Set([408, 425, 429]);
+/** The service had no instance to try (none ready, queue full): waiting costs the item no try. */
+const NOT_TRIED = new Set(['NO_READY_INSTANCE', 'QUEUE_FULL']);
+const MAX_RETRY_DELAY_MS = 30_000;
+const RATE_WINDOW = 100;
+
+export interface RunnerOptions {
+  store: JobStore;
+  files: JobFiles;
+  defaults: JobsConfig;
+  upstreams(service: string): Upstreams | undefined;
+  hooks: Pick<ProxyHooks, 'onAttempt' | 'onRetry'>;
+  publish(service: string, event: EventBody): void;
+  /** One finished try of an item, for metrics. */
+  onItem?(service: string, outcome: 'succeeded' | 'failed' | 'retried' | 'duplicate', ms: number): void;
+  onError(message: string, error: unknown): void;
+  now?: () => number;
+}
+
+/** A job as shown: its record plus live progress while it runs here. */
+export interface JobView extends JobRecord {
+  done: number;
+  pending: number;
+  running: number;
+  /** Items finished per second recently, while the job runs here. */
+  ratePerSecond: number | null;
+  etaSeconds: number | null;
+  outputs: { results: string; joined: string | null };
+}
+
+type RunnerState = 'created' | 'running' | 'closing' | 'closed';
+
+/**
+ * Runs durable jobs: each item is a request sent through the service's own router
+ * (so failover, the cold-start queue and every health rule apply), and each finished
+ * item is recorded in the store before it counts. On start, every job that was
+ * running continues from its last recorded item.
+ */
+export class JobRunner {
+  private readonly runs = new Map<string, JobRun>();
+  private state: RunnerState = 'created';
+  private closing: Promise<void> | undefined;
+  readonly now: () => number;
+
+  constructor(readonly options: RunnerOptions) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** Continues every job that was running when Understudy last stopped. */
+  async start(): Promise<void> {
+    if (this.state !== 'created') throw new Error(`cannot start the job runner: it is ${this.state}`);
+    this.state = 'running';
+    for (const record of await this.options.store.listJobs({ state: 'running', limit: 1_000_000 })) {
+      const run = await this.load(record);
+      const done = record.succeeded + record.failed;
+      this.options.publish(record.service, {
+        type: 'job-resumed',
+        job: record.id,
+        done,
+        total: record.total,
+        reason: `continues after a restart of Understudy: ${done} of ${record.total} items were already done`,
+      });
+      run.pump();
+    }
+  }
+
+  async submit(input: unknown, key: string | null): Promise<{ job: JobView; created: boolean }> {
+    this.mustRun();
+    const spec = compileSubmission(input, this.options.defaults);
+    if (!this.options.upstreams(spec.service)) throw new JobError('NO_SERVICE', `no service named ${spec.service}`, 404);
+    const now = this.now();
+    const { job, created } = await this.options.store.createJob({
+      id: newJobId(now),
+      service: spec.service,
+      name: spec.name,
+      options: spec.options,
+      items: spec.items,
+      key,
+      fingerprint: spec.fingerprint,
+      createdAt: now,
+    });
+    if (created) {
+      this.options.publish(job.service, {
+        type: 'job-state',
+        job: job.id,
+        from: null,
+        to: 'running',
+        done: 0,
+        total: job.total,
+        reason: `submitted: ${job.total} items, ${job.options.concurrency} at a time`,
+      });
+      (await this.load(job)).pump();
+    }
+    return { job: await this.view(job.id), created };
+  }
+
+  async view(id: string): Promise<JobView> {
+    const run = this.runs.get(id);
+    if (run) return run.view();
+    const record = await this.options.store.getJob(id);
+    if (!record) throw new JobError('NO_JOB', `no job ${id}`, 404);
+    return staticView(record, this.options.files);
+  }
+
+  async list(filter: { state?: JobState; service?: string; limit?: number }): Promise<JobView[]> {
+    const records = await this.options.store.listJobs(filter);
+    return records.map((record) => this.runs.get(record.id)?.view() ?? staticView(record, this.options.files));
+  }
+
+  async pause(id: string): Promise<JobView> {
+    return (await this.active(id, 'pause')).pause('paused by a person');
+  }
+
+  async resume(id: string): Promise<JobView> {
+    this.mustRun();
+    let run = this.runs.get(id);
+    if (!run) {
+      const record = await this.options.store.getJob(id);
+      if (!record) throw new JobError('NO_JOB', `no job ${id}`, 404);
+      if (FINAL_STATES.has(record.state)) throw new JobError('JOB_FINISHED', `job ${id} has ${record.state}; nothing to resume`, 409);
+      run = await this.load(record);
+    }
+    return run.resume();
+  }
+
+  async cancel(id: string): Promise<JobView> {
+    return (await this.active(id, 'cancel')).cancel();
+  }
+
+  /** Calls `listener` with the job's view whenever it changes, until the returned function is called. */
+  subscribe(id: string, listener: (view: JobView) => void): () => void {
+    const run = this.runs.get(id);
+    if (!run) return () => {};
+    run.listeners.add(listener);
+    return () => run.listeners.delete(listener);
+  }
+
+  /** Stops every job here without changing what the store says: running jobs continue at the next start. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.state = 'closing';
+      await Promise.all([...this.runs.values()].map((run) => run.stop()));
+      this.runs.clear();
+      this.state = 'closed';
+    })();
+    return this.closing;
+  }
+
+  /** @internal */
+  forget(run: JobRun): void {
+    if (this.runs.get(run.record.id) === run) this.runs.delete(run.record.id);
+  }
+
+  private async active(id: string, what: string): Promise<JobRun> {
+    this.mustRun();
+    const run = this.runs.get(id);
+    if (run) return run;
+    const record = await this.options.store.getJob(id);
+    if (!record) throw new JobError('NO_JOB', `no job ${id}`, 404);
+    if (record.state === 'paused' && what === 'cancel') return this.load(record);
+    throw new JobError('JOB_NOT_RUNNING', `cannot ${what} job ${id}: it is ${record.state}`, 409);
+  }
+
+  private async load(record: JobRecord): Promise<JobRun> {
+    const pending = await this.options.store.pendingItems(record.id);
+    const run = new JobRun(this, record, pending);
+    this.runs.set(record.id, run);
+    return run;
+  }
+
+  private mustRun(): void {
+    if (this.state !== 'running') throw new JobError('NOT_RUNNING', 'Understudy is stopping; try again when it is up', 503);
+  }
+}
+
+type RunState = 'running' | 'paused' | 'finishing' | 'stopped' | 'done';
+
+interface InFlight {
+  controller: AbortController;
+  ended: Ended;
+  done: Promise<void>;
+}
+
+/** One job running here: its queue of pending items, the items in flight, and its progress. */
+class JobRun {
+  readonly listeners = new Set<(view: JobView) => void>();
+  private state: RunState;
+  private readonly queue: ItemRecord[];
+  private readonly inflight = new Map<number, InFlight>();
+  private readonly waiting = new Map<number, { timer: NodeJS.Timeout; item: ItemRecord }>();
+  private readonly finishedAt: number[] = [];
+  private notifyTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly runner: JobRunner,
+    public record: JobRecord,
+    pending: ItemRecord[],
+  ) {
+    this.state = record.state === 'paused' ? 'paused' : 'running';
+    this.queue = pending;
+  }
+
+  private get options(): RunnerOptions {
+    return this.runner.options;
+  }
+
+  view(): JobView {
+    const base = staticView(this.record, this.options.files);
+    const done = this.record.succeeded + this.record.failed;
+    const remaining = this.record.total - done;
+    const rate = this.rate();
+    return {
+      ...base,
+      pending: this.queue.length + this.waiting.size,
+      running: this.inflight.size,
+      ratePerSecond: rate,
+      etaSeconds: rate && remaining > 0 ? Math.round(remaining / rate) : remaining === 0 ? 0 : null,
+    };
+  }
+
+  /** Starts items while there is room. */
+  pump(): void {
+    while (this.state === 'running' && this.inflight.size < this.record.options.concurrency && this.queue.length > 0) {
+      this.launch(this.queue.shift()!);
+    }
+    this.maybeFinish();
+  }
+
+  async pause(reason: string): Promise<JobView> {
+    if (this.state !== 'running') throw new JobError('JOB_NOT_RUNNING', `cannot pause job ${this.record.id}: it is ${this.state}`, 409);
+    this.state = 'paused';
+    // Items waiting to be tried again go back to the queue; items in flight finish.
+    for (const [, waiting] of this.waiting) {
+      clearTimeout(waiting.timer);
+      this.requeue(waiting.item);
+    }
+    this.waiting.clear();
+    await this.setState('paused', reason);
+    return this.view();
+  }
+
+  async resume(): Promise<JobView> {
+    if (this.state !== 'paused') throw new JobError('JOB_NOT_PAUSED', `job ${this.record.id} is not paused`, 409);
+    this.state = 'running';
+    await this.setState('running', null, 'resumed by a person');
+    this.pump();
+    return this.view();
+  }
+
+  async cancel(): Promise<JobView> {
+    if (this.state !== 'running' && this.state !== 'paused') {
+      throw new JobError('JOB_NOT_RUNNING', `cannot cancel job ${this.record.id}: it is ${this.state}`, 409);
+    }
+    this.state = 'finishing';
+    await this.halt('the job was cancelled');
+    await this.finish('cancelled', 'cancelled by a person');
+    return this.view();
+  }
+
+  /** Understudy is stopping: items in flight are abandoned (they stay pending in the store). */
+  async stop(): Promise<void> {
+    if (this.state === 'done') return;
+    this.state = 'stopped';
+    await this.halt('Understudy is stopping');
+  }
+
+  private async halt(reason: string): Promise<void> {
+    for (const [, waiting] of this.waiting) clearTimeout(waiting.timer);
+    this.waiting.clear();
+    for (const flight of this.inflight.values()) {
+      flight.ended.client = true;
+      flight.controller.abort(new ProxyError('CLIENT_GONE', 499, reason));
+    }
+    await Promise.all([...this.inflight.values()].map((flight) => flight.done));
+  }
+
+  private launch(item: ItemRecord): void {
+    const controller = new AbortController();
+    const ended: Ended = { client: false, total: false };
+    const flight: InFlight = { controller, ended, done: Promise.resolve() };
+    this.inflight.set(item.index, flight);
+    flight.done = this.runItem(item, controller, ended)
+      .catch((error: unknown) => this.options.onError(`job ${this.record.id}: item ${item.index} failed unexpectedly`, error))
+      .finally(() => {
+        this.inflight.delete(item.index);
+        this.pump();
+      });
+  }
+
+  private async runItem(item: ItemRecord, controller: AbortController, ended: Ended): Promise<void> {
+    const { record } = this;
+    const upstreams = this.options.upstreams(record.service);
+    const started = performance.now();
+    if (!upstreams) {
+      return this.settle(item, failedResult(null, `the service ${record.service} is no longer configured`, item, started), started);
+    }
+    let body: Buffer | null;
+    try {
+      body = await requestBody(item);
+    } catch (error) {
+      return this.settle(item, failedResult(null, `could not read ${describeBody(item)}: ${(error as Error).message}`, item, started), started);
+    }
+    const timer = setTimeout(() => {
+      ended.total = true;
+      controller.abort(new ProxyError('ITEM_TIMEOUT', 504, `the item took longer than its itemTimeout (${record.options.itemTimeout}ms)`));
+    }, record.options.itemTimeout);
+    try {
+      const headers: Record<string, string> = {
+        ...item.request.headers,
+        'x-request-id': `${record.id}.${item.index}`,
+        'x-understudy-job': record.id,
+        'x-understudy-item': String(item.index),
+      };
+      const answer = await exchange(
+        upstreams,
+        { method: item.request.method, path: item.request.path, headers, body, retryable: true },
+        controller.signal,
+        ended,
+        this.options.hooks,
+      );
+      if (!answer.ok) {
+        if (answer.error === null) return this.requeue(item); // paused, cancelled or stopping
+        if (NOT_TRIED.has(answer.error.code)) return this.wait(item, answer.error.message, started);
+        return this.triedAndFailed(item, answer.error.status, answer.error.message, answer.instance, started, undefined);
+      }
+      let resultBody: ResultBody;
+      try {
+        resultBody = await this.collect(answer.body, item);
+      } catch (error) {
+        const [outcome, detail] = answer.finish(error as Error);
+        if (outcome === 'client-abort') return this.requeue(item);
+        return this.triedAndFailed(item, answer.status, `${answer.instance}: the answer broke: ${detail}`, answer.instance, started, undefined);
+      }
+      answer.finish();
+      const headersOut = flatHeaders(answer.headers);
+      const status = answer.status;
+      if (status < 400 || (status < 500 && !RETRIED_4XX.has(status))) {
+        const state = status < 400 ? 'succeeded' : 'failed';
+        const error = state === 'failed' ? `the service answered ${status}` : null;
+        return this.settle(
+          item,
+          { state, status, headers: headersOut, body: resultBody, instance: answer.instance, attempts: item.failedTries + 1, ms: performance.now() - started, error, finishedAt: this.runner.now() },
+          started,
+        );
+      }
+      await discard(resultBody);
+      return this.triedAndFailed(item, status, `${answer.instance} answered ${status}`, answer.instance, started, headersOut['retry-after']);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Reads an answer's body into memory, or into a file once it outgrows jobs.inlineLimit. */
+  private async collect(body: AsyncIterable<Buffer>, item: ItemRecord): Promise<ResultBody> {
+    const limit = this.options.defaults.inlineLimit;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let file: DurableFile | undefined;
+    let filePath = '';
+    try {
+      for await (const chunk of body) {
+        size += chunk.length;
+        if (file) {
+          await file.write(chunk);
+          continue;
+        }
+        chunks.push(chunk);
+        if (size > limit) {
+          filePath = this.options.files.resultPath(this.record.id, item.index);
+          file = await DurableFile.create(filePath);
+          await file.write(Buffer.concat(chunks));
+          chunks.length = 0;
+        }
+      }
+      if (!file) return size === 0 ? { kind: 'none' } : { kind: 'inline', data: Buffer.concat(chunks, size) };
+      await file.commit();
+      return { kind: 'file', path: filePath, size };
+    } catch (error) {
+      await file?.discard();
+      throw error;
+    }
+  }
+
+  /** The item failed a try; it is tried again after a pause, or recorded as failed once its tries are used up. */
+  private async triedAndFailed(
+    item: ItemRecord,
+    status: number | null,
+    reason: string,
+    instance: string | null,
+    started: number,
+    retryAfter: string | undefined,
+  ): Promise<void> {
+    const { record } = this;
+    let tries: number;
+    try {
+      tries = await this.options.store.noteFailedTry(record.id, item.index);
+    } catch (error) {
+      return this.storeFailed(item, error);
+    }
+    item.failedTries = tries;
+    const final = tries > record.options.retries;
+    this.options.publish(record.service, {
+      type: 'item-failed',
+      job: record.id,
+      item: item.index,
+      attempts: tries,
+      status,
+      final,
+      reason: final ? `${reason}; gave up after ${tries} tries` : `${reason}; will try again`,
+    });
+    if (final) {
+      const result = failedResult(status, reason, item, started);
+      result.instance = instance;
+      return this.settle(item, result, started);
+    }
+    this.options.onItem?.(record.service, 'retried', performance.now() - started);
+    const backoff = Math.min(MAX_RETRY_DELAY_MS, this.options.defaults.retryDelay * 2 ** (tries - 1));
+    const asked = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) * 1000 : 0;
+    this.delay(item, Math.min(MAX_RETRY_DELAY_MS, Math.max(backoff, asked)));
+  }
+
+  /** No instance could take the item: it waits and goes again, without using a try. */
+  private wait(item: ItemRecord, _reason: string, _started: number): void {
+    this.delay(item, this.options.defaults.retryDelay);
+  }
+
+  private delay(item: ItemRecord, ms: number): void {
+    if (this.state !== 'running') return this.requeue(item);
+    const timer = setTimeout(() => {
+      this.waiting.delete(item.index);
+      this.requeue(item);
+      this.pump();
+    }, ms);
+    this.waiting.set(item.index, { timer, item });
+  }
+
+  private requeue(item: ItemRecord): void {
+    // Back in item order, so results keep coming roughly in order.
+    let at = 0;
+    while (at < this.queue.length && this.queue[at]!.index < item.index) at += 1;
+    this.queue.splice(at, 0, item);
+  }
+
+  /** Records the item's result (durably, exactly once) and counts it. */
+  private async settle(item: ItemRecord, result: ItemResult, started: number): Promise<void> {
+    const { record } = this;
+    let recorded: boolean;
+    try {
+      recorded = await this.options.store.recordResult(record.id, item.index, result);
+    } catch (error) {
+      await discard(result.body);
+      return this.storeFailed(item, error);
+    }
+    if (!recorded) {
+      await discard(result.body);
+      this.options.onItem?.(record.service, 'duplicate', performance.now() - started);
+      return;
+    }
+    if (result.state === 'succeeded') record.succeeded += 1;
+    else record.failed += 1;
+    this.finishedAt.push(performance.now());
+    if (this.finishedAt.length > RATE_WINDOW) this.finishedAt.shift();
+    this.options.onItem?.(record.service, result.state, result.ms);
+    if (result.state === 'failed' && result.attempts === 1 && result.status !== null) {
+      this.options.publish(record.service, {
+        type: 'item-failed',
+        job: record.id,
+        item: item.index,
+        attempts: 1,
+        status: result.status,
+        final: true,
+        reason: `${result.error ?? 'failed'}; a 4xx answer is not tried again`,
+      });
+    }
+    this.notify();
+  }
+
+  /** The store could not record something: the job pauses (nothing recorded is touched) until a person resumes it. */
+  private async storeFailed(item: ItemRecord, error: unknown): Promise<void> {
+    this.requeue(item);
+    await this.pauseForStore(error);
+  }
+
+  private async pauseForStore(error: unknown): Promise<void> {
+    const message = error instanceof Error ? error.message : String(error);
+    this.options.onError(`job ${this.record.id}: the store failed`, error);
+    if (this.state !== 'running') return;
+    this.state = 'paused';
+    const reason = `paused because the job store failed: ${message}; fix it, then \`understudy jobs resume ${this.record.id}\``;
+    for (const [, waiting] of this.waiting) {
+      clearTimeout(waiting.timer);
+      this.requeue(waiting.item);
+    }
+    this.waiting.clear();
+    try {
+      await this.setState('paused', reason);
+    } catch {
+      // The store cannot say so either; the event and the view still do.
+      this.record = { ...this.record, state: 'paused', reason };
+    }
+  }
+
+  private maybeFinish(): void {
+    if (this.state !== 'running' || this.queue.length > 0 || this.inflight.size > 0 || this.waiting.size > 0) return;
+    this.state = 'finishing';
+    const state = this.record.failed > 0 ? 'failed' : 'succeeded';
+    const reason = state === 'failed' ? `${this.record.failed} of ${this.record.total} items failed` : `all ${this.record.total} items succeeded`;
+    this.finish(state, reason).catch((error: unknown) => this.options.onError(`job ${this.record.id}: could not finish`, error));
+  }
+
+  /** Writes results.jsonl and the joined output, then the final state; a failure pauses the job instead. */
+  private async finish(state: 'succeeded' | 'failed' | 'cancelled', reason: string): Promise<void> {
+    const { record } = this;
+    const { files, store } = this.options;
+    try {
+      await writeResults(store, record.id, files.resultsPath(record.id));
+      if (record.options.join !== 'none') {
+        const joined = await writeJoined(store, record.id, record.options.join, files.outputPath(record.id, record.options.join));
+        if (joined.skipped.length > 0 && state !== 'cancelled') {
+          reason += `; ${joined.skipped.length} items are not in ${files.outputPath(record.id, record.options.join)}`;
+        }
+      }
+      await this.setState(state, state === 'succeeded' ? null : reason, reason);
+      this.state = 'done';
+      this.runner.forget(this);
+    } catch (error) {
+      this.state = 'running';
+      await this.pauseForStore(error);
+    }
+    this.notify(true);
+  }
+
+  private async setState(state: JobState, reason: string | null, eventReason = reason ?? state): Promise<void> {
+    const from = this.record.state;
+    const updated = await this.options.store.setJobState(this.record.id, state, reason, this.runner.now());
+    // Counts in memory are newer than the row read back only if a result raced; keep the larger.
+    this.record = { ...updated, succeeded: Math.max(updated.succeeded, this.record.succeeded), failed: Math.max(updated.failed, this.record.failed) };
+    this.options.publish(this.record.service, {
+      type: 'job-state',
+      job: this.record.id,
+      from,
+      to: state,
+      done: this.record.succeeded + this.record.failed,
+      total: this.record.total,
+      reason: eventReason,
+    });
+    this.notify(true);
+  }
+
+  /** Tells subscribers, at most every 100 ms unless `now`. */
+  private notify(now = false): void {
+    if (this.listeners.size === 0) return;
+    if (now) {
+      clearTimeout(this.notifyTimer);
+      this.notifyTimer = undefined;
+      const view = this.view();
+      for (const listener of this.listeners) listener(view);
+      return;
+    }
+    this.notifyTimer ??= setTimeout(() => {
+      this.notifyTimer = undefined;
+      const view = this.view();
+      for (const listener of this.listeners) listener(view);
+    }, 100);
+  }
+
+  private rate(): number | null {
+    const n = this.finishedAt.length;
+    if (n < 2) return null;
+    const seconds = (this.finishedAt[n - 1]! - this.finishedAt[0]!) / 1000;
+    return seconds > 0 ? (n - 1) / seconds : null;
+  }
+}
+
+function staticView(record: JobRecord, files: JobFiles): JobView {
+  const done = record.succeeded + record.failed;
+  return {
+    ...record,
+    done,
+    pending: record.total - done,
+    running: 0,
+    ratePerSecond: null,
+    etaSeconds: FINAL_STATES.has(record.state) ? 0 : null,
+    outputs: {
+      results: files.resultsPath(record.id),
+      joined: record.options.join === 'none' ? null : files.outputPath(record.id, record.options.join),
+    },
+  };
+}
+
+async function requestBody(item: ItemRecord): Promise<Buffer | null> {
+  const body = item.request.body;
+  if (body.kind === 'inline') return body.data;
+  if (body.kind === 'file') return readFile(body.path);
+  return null;
+}
+
+function describeBody(item: ItemRecord): string {
+  return item.request.body.kind === 'file' ? item.request.body.path : 'the item body';
+}
+
+function failedResult(status: number | null, error: string, item: ItemRecord, started: number): ItemResult {
+  return {
+    state: 'failed',
+    status,
+    headers: {},
+    body: { kind: 'none' },
+    instance: null,
+    attempts: item.failedTries,
+    ms: performance.now() - started,
+    error,
+    finishedAt: Date.now(),
+  };
+}
+
+function flatHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
+async function discard(body: ResultBody): Promise<void> {
+  if (body.kind === 'file') await rm(body.path, { force: true });
+}

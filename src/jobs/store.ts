@@ -1,0 +1,45 @@
+import type { ItemRecord, ItemResult, JobRecord, JobState, NewJob, StoredReply } from './types.js';
+
+export interface JobFilter {
+  state?: JobState | undefined;
+  service?: string | undefined;
+  /** Newest first; default 100. */
+  limit?: number | undefined;
+}
+
+/**
+ * Where jobs, their items' results and idempotent replies are kept. Every write is
+ * durable (on disk, fsynced) before its promise resolves. SQLite is the embedded
+ * default; a store shared by several nodes implements the same contract and must
+ * pass test/jobs/store-conformance.ts.
+ */
+export interface JobStore {
+  readonly kind: string;
+  /**
+   * Saves a job and all its items in one transaction. When `job.key` names a job that
+   * exists, returns that job unchanged (created: false) if the fingerprints match, and
+   * throws JobError KEY_REUSED if they do not.
+   */
+  createJob(job: NewJob): Promise<{ job: JobRecord; created: boolean }>;
+  getJob(id: string): Promise<JobRecord | undefined>;
+  listJobs(filter?: JobFilter): Promise<JobRecord[]>;
+  /** Changes a job's state; `reason` null clears it. Throws JobError NO_JOB for an unknown id. */
+  setJobState(id: string, state: JobState, reason: string | null, now: number): Promise<JobRecord>;
+  /** Items without a result, in item order. */
+  pendingItems(jobId: string): Promise<ItemRecord[]>;
+  /** Items from `from` in item order, at most `limit`. */
+  items(jobId: string, from: number, limit: number): Promise<ItemRecord[]>;
+  /**
+   * Records an item's result exactly once: false, with nothing changed, when the item
+   * already has one. Updates the job's counts in the same transaction.
+   */
+  recordResult(jobId: string, index: number, result: ItemResult): Promise<boolean>;
+  /** Counts a failed try of a pending item; returns the count. */
+  noteFailedTry(jobId: string, index: number): Promise<number>;
+  getReply(scope: string, key: string, now: number): Promise<StoredReply | undefined>;
+  /** Keeps an answer for repeats of its key; an existing unexpired answer is kept instead. */
+  putReply(scope: string, key: string, reply: StoredReply): Promise<void>;
+  /** Forgets answers that expired before `now`; returns how many. */
+  pruneReplies(now: number): Promise<number>;
+  close(): Promise<void>;
+}
