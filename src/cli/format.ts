@@ -1,3 +1,4 @@
+import type { JobView } from '../api/index.js';
 import type { ServiceView } from '../controller/index.js';
 import type { UnderstudyEvent } from '../core/index.js';
 
@@ -64,4 +65,55 @@ export function formatEvent(event: UnderstudyEvent): string {
       what = `${event.type} ${event.instance}`;
   }
   return `${time}  ${event.service}  ${what}: ${event.reason}`;
+}
+
+const BAR = 24;
+
+/** One line of progress: bar, counts, rate and ETA. */
+export function progressLine(job: JobView, columns: number): string {
+  const fraction = job.total === 0 ? 1 : job.done / job.total;
+  const filled = Math.round(fraction * BAR);
+  const bar = `${'█'.repeat(filled)}${'░'.repeat(BAR - filled)}`;
+  const parts = [`${job.id} [${bar}] ${job.done}/${job.total} ${Math.floor(fraction * 100)}%`, job.state];
+  if (job.ratePerSecond) parts.push(`${job.ratePerSecond.toFixed(1)} items/s`);
+  if (job.etaSeconds !== null && job.state === 'running') parts.push(`ETA ${duration(job.etaSeconds)}`);
+  if (job.running > 0) parts.push(`${job.running} running`);
+  if (job.failed > 0) parts.push(`${job.failed} failed`);
+  const line = parts.join(' · ');
+  return line.length > columns - 1 ? line.slice(0, columns - 1) : line;
+}
+
+export function formatJobs(jobs: JobView[]): string {
+  if (jobs.length === 0) return '(no jobs)';
+  const rows = jobs.map((job) => [
+    job.id,
+    job.service,
+    job.state,
+    `${job.done}/${job.total}`,
+    job.failed > 0 ? `${job.failed} failed` : '',
+    new Date(job.createdAt).toISOString().replace('T', ' ').slice(0, 19),
+    job.name ?? '',
+  ]);
+  return table([['JOB', 'SERVICE', 'STATE', 'DONE', 'FAILED', 'SUBMITTED', 'NAME'], ...rows]);
+}
+
+export function formatJob(job: JobView): string {
+  const lines = [
+    `${job.id}${job.name ? ` (${job.name})` : ''}: ${job.state}${job.reason ? `: ${job.reason}` : ''}`,
+    `  service      ${job.service}`,
+    `  items        ${job.total}: ${job.succeeded} succeeded, ${job.failed} failed, ${job.running} running, ${job.pending} pending`,
+    `  options      concurrency ${job.options.concurrency}, itemTimeout ${job.options.itemTimeout}ms, retries ${job.options.retries}, join ${job.options.join}`,
+    `  submitted    ${new Date(job.createdAt).toISOString()}`,
+  ];
+  if (job.finishedAt) lines.push(`  finished     ${new Date(job.finishedAt).toISOString()}`);
+  if (job.ratePerSecond) lines.push(`  rate         ${job.ratePerSecond.toFixed(2)} items/s, ETA ${duration(job.etaSeconds ?? 0)}`);
+  lines.push(`  results      ${job.outputs.results}`);
+  if (job.outputs.joined) lines.push(`  output       ${job.outputs.joined}`);
+  return lines.join('\n');
+}
+
+function duration(seconds: number): string {
+  if (seconds < 60) return `${Math.round(seconds)}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m${String(Math.round(seconds % 60)).padStart(2, '0')}s`;
+  return `${Math.floor(seconds / 3600)}h${String(Math.floor((seconds % 3600) / 60)).padStart(2, '0')}m`;
 }

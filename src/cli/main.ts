@@ -5,6 +5,7 @@ import { ConfigError, loadConfigFile, parseDuration, type Config } from '../conf
 import { Understudy, type ServiceView } from '../controller/index.js';
 import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
 import { formatEvent, formatStatus } from './format.js';
+import { jobCommands } from './jobs.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
 
@@ -131,6 +132,8 @@ program
     for (const event of events) console.log(options.json ? JSON.stringify(event) : formatEvent(event));
     if (events.length === 0 && !options.json) console.log('(no events)');
   });
+
+program.addCommand(jobCommands(configOption, client));
 
 function load(file: string): Config {
   return loadConfigFile(file);
