@@ -85,7 +85,7 @@ export function storeConformance(name: string, open: OpenStore, reopen?: ReopenS
 
     const id = (label: string) => `${ns}-${label}`;
 
-    function newJob(label: string, items: ItemRequest[] | number, extra: Partial<NewJob> = {}): NewJob {
+    function newJob(label: string, items: ItemRequest[] | number, more: Partial<NewJob> = {}): NewJob {
       return {
         id: id(label),
         service: id('svc'),
@@ -95,7 +95,7 @@ export function storeConformance(name: string, open: OpenStore, reopen?: ReopenS
         key: null,
         fingerprint: `fp-${label}`,
         createdAt: (clock += 1000),
-        ...extra,
+        ...more,
       };
     }
 
