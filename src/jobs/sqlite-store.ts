@@ -104,6 +104,14 @@ interface ItemRow {
   finished_at: number | null;
 }
 
+interface PendingResult {
+  jobId: string;
+  index: number;
+  result: ItemResult;
+  resolve(recorded: boolean): void;
+  reject(error: unknown): void;
+}
+
 /**
  * The embedded job store: one SQLite file in WAL mode with synchronous=FULL, so a
  * commit is on disk before it returns. The file is locked for one Understudy at a
@@ -113,6 +121,7 @@ interface ItemRow {
 export class SqliteJobStore implements JobStore {
   readonly kind = 'sqlite';
   private db: Database.Database | undefined;
+  private batch: PendingResult[] = [];
   private readonly statements: ReturnType<SqliteJobStore['prepare']>;
 
   private constructor(
@@ -131,12 +140,14 @@ export class SqliteJobStore implements JobStore {
       mkdirSync(path.dirname(where), { recursive: true });
       db = new Database(where, { timeout: 200 });
       db.pragma('locking_mode = EXCLUSIVE');
+      // Before anything is written: switching a file that is not a job store to WAL would rewrite its header.
+      checkSchema(db, where);
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       db.pragma('foreign_keys = ON');
       // Takes the exclusive lock now, so a second Understudy on this file fails at once.
       db.exec('BEGIN IMMEDIATE; COMMIT');
-      migrate(db, where);
+      migrate(db);
       return new SqliteJobStore(where, db);
     } catch (error) {
       db?.close();
@@ -219,32 +230,65 @@ export class SqliteJobStore implements JobStore {
     return this.run('read items', () => (this.statements.items.all(jobId, from, limit) as ItemRow[]).map(toItem));
   }
 
-  async recordResult(jobId: string, index: number, result: ItemResult): Promise<boolean> {
+  /**
+   * Results that finish close together share one transaction, so one fsync (a few
+   * milliseconds on a virtual disk) is paid per batch, not per item.
+   */
+  recordResult(jobId: string, index: number, result: ItemResult): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      try {
+        this.database();
+      } catch (error) {
+        reject(error);
+        return;
+      }
+      this.batch.push({ jobId, index, result, resolve, reject });
+      if (this.batch.length === 1) setImmediate(() => this.flush());
+    });
+  }
+
+  private flush(): void {
+    const batch = this.batch;
+    this.batch = [];
+    if (batch.length === 0) return;
+    const what = batch.length === 1 ? `record the result of item ${batch[0]!.index}` : `record the results of ${batch.length} items`;
+    let recorded: boolean[];
+    try {
+      recorded = this.run(what, () => this.database().transaction(() => batch.map((entry) => this.recordOne(entry)))());
+    } catch (error) {
+      for (const entry of batch) entry.reject(error);
+      return;
+    }
+    batch.forEach((entry, i) => entry.resolve(recorded[i]!));
+  }
+
+  private recordOne({ jobId, index, result }: PendingResult): boolean {
     const s = this.statements;
-    return this.run(`record the result of item ${index}`, () =>
-      this.database().transaction(() => {
-        const body = result.body;
-        const changed = s.recordResult.run({
-          job_id: jobId,
-          idx: index,
-          state: result.state,
-          status: result.status,
-          result_headers: JSON.stringify(result.headers),
-          result_kind: body.kind,
-          result_data: body.kind === 'inline' ? body.data : null,
-          result_path: body.kind === 'file' ? body.path : null,
-          result_size: body.kind === 'file' ? body.size : body.kind === 'inline' ? body.data.length : 0,
-          instance: result.instance,
-          attempts: result.attempts,
-          ms: result.ms,
-          error: result.error,
-          finished_at: result.finishedAt,
-        });
-        if (changed.changes === 0) return false;
-        s.countResult.run({ id: jobId, succeeded: result.state === 'succeeded' ? 1 : 0, failed: result.state === 'failed' ? 1 : 0, now: result.finishedAt });
-        return true;
-      })(),
-    );
+    const body = result.body;
+    const changed = s.recordResult.run({
+      job_id: jobId,
+      idx: index,
+      state: result.state,
+      status: result.status,
+      result_headers: JSON.stringify(result.headers),
+      result_kind: body.kind,
+      result_data: body.kind === 'inline' ? body.data : null,
+      result_path: body.kind === 'file' ? body.path : null,
+      result_size: body.kind === 'file' ? body.size : body.kind === 'inline' ? body.data.length : 0,
+      instance: result.instance,
+      attempts: result.attempts,
+      ms: result.ms,
+      error: result.error,
+      finished_at: result.finishedAt,
+    });
+    if (changed.changes === 0) return false;
+    s.countResult.run({
+      id: jobId,
+      succeeded: result.state === 'succeeded' ? 1 : 0,
+      failed: result.state === 'failed' ? 1 : 0,
+      now: result.finishedAt,
+    });
+    return true;
   }
 
   async noteFailedTry(jobId: string, index: number): Promise<number> {
@@ -288,6 +332,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   async close(): Promise<void> {
+    if (this.db) this.flush();
     const db = this.db;
     this.db = undefined;
     db?.close();
@@ -356,9 +401,9 @@ export class SqliteJobStore implements JobStore {
   }
 }
 
-function migrate(db: Database.Database, file: string): void {
+/** Throws STORE_CORRUPT for a file that is not a job store this version can use; only reads. */
+function checkSchema(db: Database.Database, file: string): void {
   const version = db.pragma('user_version', { simple: true }) as number;
-  if (version === SCHEMA_VERSION) return;
   if (version > SCHEMA_VERSION) {
     throw new StoreError(
       'STORE_CORRUPT',
@@ -369,6 +414,10 @@ function migrate(db: Database.Database, file: string): void {
   if (version === 0 && tables.n > 0) {
     throw new StoreError('STORE_CORRUPT', `${file} is a SQLite database but not a job store; point stateDir elsewhere or move the file aside`);
   }
+}
+
+function migrate(db: Database.Database): void {
+  if (db.pragma('user_version', { simple: true }) === SCHEMA_VERSION) return;
   db.transaction(() => {
     db.exec(SCHEMA);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
