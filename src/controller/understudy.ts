@@ -92,7 +92,7 @@ export class Understudy {
       this.store = store;
       const { ttl, maxResponse } = this.config.idempotency;
       this.proxyHooks.idempotency = new Idempotency(
-        { get: (scope, key, now) => store.getReply(scope, key, now), put: (scope, key, reply) => store.putReply(scope, key, reply) },
+        { get: (scope, key, now) => store.getReply(scope, key, now), put: (scope, key, reply, now) => store.putReply(scope, key, reply, now) },
         ttl,
         maxResponse,
       );

@@ -312,7 +312,7 @@ export class SqliteJobStore implements JobStore {
     };
   }
 
-  async putReply(scope: string, key: string, reply: StoredReply): Promise<void> {
+  async putReply(scope: string, key: string, reply: StoredReply, now: number): Promise<void> {
     this.run('keep an idempotent reply', () => {
       this.statements.putReply.run({
         scope,
@@ -322,7 +322,7 @@ export class SqliteJobStore implements JobStore {
         headers: JSON.stringify(reply.headers),
         body: reply.body,
         expires_at: reply.expiresAt,
-        now: Date.now(),
+        now,
       });
     });
   }

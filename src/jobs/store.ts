@@ -37,8 +37,8 @@ export interface JobStore {
   /** Counts a failed try of a pending item; returns the count. */
   noteFailedTry(jobId: string, index: number): Promise<number>;
   getReply(scope: string, key: string, now: number): Promise<StoredReply | undefined>;
-  /** Keeps an answer for repeats of its key; an existing unexpired answer is kept instead. */
-  putReply(scope: string, key: string, reply: StoredReply): Promise<void>;
+  /** Keeps an answer for repeats of its key; an answer that has not expired at `now` is kept instead. */
+  putReply(scope: string, key: string, reply: StoredReply, now: number): Promise<void>;
   /** Forgets answers that expired before `now`; returns how many. */
   pruneReplies(now: number): Promise<number>;
   close(): Promise<void>;

@@ -13,7 +13,7 @@ export interface Reply {
 /** Where finished answers are kept (the job store), so a repeat after a restart is still answered once. */
 export interface ReplyStore {
   get(scope: string, key: string, now: number): Promise<Reply | undefined>;
-  put(scope: string, key: string, reply: Reply): Promise<void>;
+  put(scope: string, key: string, reply: Reply, now: number): Promise<void>;
 }
 
 export type Claim =
@@ -83,8 +83,9 @@ export class Idempotency {
         let reply: Reply | undefined;
         try {
           if (answer) {
-            reply = { ...answer, fingerprint, expiresAt: this.now() + this.ttlMs };
-            await this.store.put(scope, key, reply);
+            const now = this.now();
+            reply = { ...answer, fingerprint, expiresAt: now + this.ttlMs };
+            await this.store.put(scope, key, reply, now);
           }
         } finally {
           this.running.delete(id);

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, watch } from 'node:fs';
+import { mkdtempSync, readFileSync, watch, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -21,8 +21,9 @@ function runtime(args: string[], options: { stopGrace?: number; requires?: strin
       restartDelayMax: 30_000,
     },
     log,
+    path.join(dir, 'run', 'svc.a.pid'),
   );
-  return { rt, log };
+  return { rt, log, dir };
 }
 
 const alive = (pid: number) => {
@@ -95,11 +96,51 @@ describe('process runtime', () => {
     expect(rt.pid).toBeUndefined();
   });
 
+  it('stops the process an earlier Understudy left running (same pid file, same command) before starting', async () => {
+    const { rt: first, dir } = runtime(['--port', '0']);
+    await first.start();
+    const orphan = first.pid!;
+    // A second runtime on the same pid file: what `up` builds after the first Understudy was SIGKILLed.
+    const seen: number[] = [];
+    const second = new ProcessRuntime(
+      { type: 'process', command: [process.execPath, MODEL_SERVER_PATH, '--port', '0'], cwd: dir, env: {}, stopGrace: 5000, requires: [], restartDelay: 1, restartDelayMax: 1 },
+      path.join(dir, 'logs', 'svc.a.log'),
+      path.join(dir, 'run', 'svc.a.pid'),
+      (pid) => seen.push(pid),
+    );
+    await second.start();
+    expect(seen).toEqual([orphan]);
+    expect(alive(orphan)).toBe(false);
+    expect(alive(second.pid!)).toBe(true);
+    await second.stop();
+  });
+
+  it('leaves alone a live process that is not what the pid file says (a reused pid)', async () => {
+    const { rt: first, dir } = runtime(['--port', '0']);
+    await first.start();
+    const other = first.pid!;
+    const pidFile = path.join(dir, 'run', 'svc.a.pid');
+    writeFileSync(pidFile, JSON.stringify({ pid: other, command: ['python', 'serve.py'], startedAt: 0 }));
+    const seen: number[] = [];
+    const second = new ProcessRuntime(
+      { type: 'process', command: [process.execPath, MODEL_SERVER_PATH, '--port', '0'], cwd: dir, env: {}, stopGrace: 5000, requires: [], restartDelay: 1, restartDelayMax: 1 },
+      path.join(dir, 'logs', 'svc.a.log'),
+      pidFile,
+      (pid) => seen.push(pid),
+    );
+    await second.start();
+    expect(seen).toEqual([]);
+    expect(alive(other)).toBe(true);
+    await second.stop();
+    await first.stop();
+  });
+
   it('says so when the program does not exist', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'understudy-rt-'));
     const rt = new ProcessRuntime(
       { type: 'process', command: ['/no/such/program'], cwd: dir, env: {}, stopGrace: 100, requires: [], restartDelay: 1, restartDelayMax: 1 },
       path.join(dir, 'x.log'),
+      path.join(dir, 'x.pid'),
     );
     await expect(rt.start()).rejects.toThrow(/could not run \/no\/such\/program: spawn \/no\/such\/program ENOENT/);
   });
