@@ -2,6 +2,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ProxyName } from './proxies/types.js';
 import type { ColdResult } from './scenarios/cold.js';
+import { median, type JobsResult } from './scenarios/jobs.js';
 import { AFTER_FAULT_WINDOW_MS, BASELINE_MS, CLIENT_TIMEOUT_MS, FAULT_AT_MS, FAULTS, RATE, RUN_MS, type FaultCaseResult } from './scenarios/faults.js';
 import type { OverheadResult } from './scenarios/overhead.js';
 
@@ -12,6 +13,8 @@ export interface BenchReport {
   faults: FaultCaseResult[] | null;
   cold: ColdResult | null;
   overhead: OverheadResult[] | null;
+  /** Absent from reports saved before the jobs scenario. */
+  jobs?: JobsResult | null;
 }
 
 const PROXY_LABELS: Record<ProxyName, string> = {
@@ -126,6 +129,96 @@ target in turn. Added latency is the difference from going direct.
 ${table(['Target', 'p50', 'p99', 'Added p50', 'Added p99', 'Throughput (32 in flight)', 'Failed'], rows)}${goals.length > 0 ? `\n\n${goals.join(' ')}` : ''}`;
 }
 
+function jobsSection(jobs: JobsResult): string {
+  const { throughput: t } = jobs;
+  const rate = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? 'n/a' : `${v.toFixed(1)} items/s`);
+  const rounds = [...new Set(t.runs.map((r) => r.round))];
+  const throughputRows = rounds.map((round) => {
+    const direct = t.runs.find((r) => r.round === round && r.side === 'direct');
+    const via = t.runs.find((r) => r.round === round && r.side === 'understudy');
+    return [
+      String(round),
+      `${rate(direct?.itemsPerSecond)} (${ms(direct?.ms ?? null)})`,
+      `${rate(via?.itemsPerSecond)} (${ms(via?.ms ?? null)})`,
+      ms(via?.serverMs ?? null),
+      direct && via ? (via.itemsPerSecond / direct.itemsPerSecond).toFixed(3) : 'n/a',
+    ];
+  });
+  throughputRows.push(['median', rate(t.directMedian), rate(t.understudyMedian), '', t.ratio.toFixed(3)]);
+
+  const num = (v: number | null) => (v === null ? NaN : v);
+  const med = (pick: (r: JobsResult['restarts'][number]) => number | null) => ms(median(jobs.restarts.map((r) => num(pick(r)))));
+  const restartRows = jobs.restarts.map((r) => [
+    String(r.run),
+    `${r.doneAtKill} / ${r.total}`,
+    ms(r.toFirstDispatchMs),
+    ms(r.toFirstRecordedMs),
+    `${ms(r.modelServerStartMs)}${r.servedBy ? ` (${r.servedBy})` : ''}`,
+    ms(r.toModelServerSpawnMs),
+    ms(r.addedMs),
+    `${r.succeeded} / ${r.total}`,
+  ]);
+  restartRows.push([
+    'median',
+    '',
+    med((r) => r.toFirstDispatchMs),
+    med((r) => r.toFirstRecordedMs),
+    med((r) => r.modelServerStartMs),
+    med((r) => r.toModelServerSpawnMs),
+    med((r) => r.addedMs),
+    '',
+  ]);
+  const addedMedian = median(jobs.restarts.map((r) => num(r.addedMs)));
+  const alone = jobs.modelServerAloneMs;
+
+  const failureLabel = { 'understudy-sigkill': 'Understudy SIGKILLed, started again', 'primary-sigkill': 'primary model server SIGKILLed' } as const;
+  const failureRows = jobs.failures.map((f) => [
+    failureLabel[f.kind],
+    String(f.run),
+    `${f.runTwice} / ${f.inFlightAtKill}`,
+    String(f.extraRuns),
+    String(f.neverRun),
+    `${f.succeeded} / ${f.total}`,
+    goal(f.runTwice <= f.inFlightAtKill && f.inFlightAtKill <= jobs.concurrency),
+  ]);
+
+  return `## Durable jobs (Understudy)
+
+Jobs of ${jobs.items} \`POST /v1/infer\` items, ${jobs.concurrency} at a time, to a primary and a hot standby that
+Understudy runs as processes (fixture model servers answering in ${jobs.latencyMs} ms, a model doing real work per item).
+
+**Throughput.** Submit to the job's \`end\` event, against the same items sent straight to the same model server
+by a pool of ${jobs.concurrency} undici workers; both sides warmed up first, rounds alternate which side goes first.
+The job's own span is its \`finishedAt - createdAt\`.
+
+${table(['Round', 'Direct', 'Through Understudy', "Job's own span", 'Ratio'], throughputRows)}
+
+Through Understudy: ${t.ratio.toFixed(3)}× direct (goal ≥ 0.95: ${goal(t.ratio >= 0.95)}).
+
+**Restart.** \`understudy up\` SIGKILLed mid-job, then started again on the same state: times from the new
+process's spawn to the first resumed item reaching a model server (its \`--record\` line, read every 2 ms) and
+to the first resumed item recorded (the job's done count, polled every 10 ms). The model servers the killed
+Understudy left running are stopped and started afresh, so the restart includes a model server's start: its own
+process start to \`/health\` ready, from its \`/__stats\`. A model server started alone answers \`/health\` 200
+${alone.map((v) => ms(v)).join(', ')} after its spawn (median ${ms(median(alone))}).
+
+${table(
+  ['Run', 'Done at kill', 'Spawn → first resumed item at a model server', 'Spawn → first resumed item recorded', "Model server's own start", 'Spawn → model server spawn', 'Added (first item less model server start)', 'Succeeded'],
+  restartRows,
+)}
+
+Restart to the first resumed item less the model server's own start: ${ms(addedMedian)} median (goal < 1 s: ${goal(addedMedian < 1000)}).
+Where the time goes, medians from the new process's spawn: its first \`orphan-stopped\` event ${med((r) => r.toOrphanStopMs)}
+(Node and Understudy's own start), the model server's process start ${med((r) => r.toModelServerSpawnMs)} (the orphan stopped
+first: it holds the port), that model server \`ready\` ${med((r) => r.toServerReadyMs)}, \`job-resumed\` ${med((r) => r.toResumedMs)}.
+
+**Work lost per failure.** Items that reached a model server more than once (\`--record\`) against the items in
+flight at the kill: for an Understudy kill, items that had reached a model server less the results the store
+held; for a primary kill, items that had reached the primary less the results it gave.
+
+${table(['Failure', 'Run', 'Items run twice / in flight at kill', 'Extra runs', 'Never run', 'Succeeded', `Goal (≤ in flight ≤ ${jobs.concurrency})`], failureRows)}`;
+}
+
 export function renderMarkdown(report: BenchReport): string {
   const { environment: env } = report;
   const sections = [
@@ -139,6 +232,7 @@ share its cores, so compare the rows with each other rather than with other mach
   if (report.faults) sections.push(faultsSection(report.faults));
   if (report.cold) sections.push(coldSection(report.cold));
   if (report.overhead) sections.push(overheadSection(report.overhead));
+  if (report.jobs) sections.push(jobsSection(report.jobs));
   return `${sections.join('\n\n')}\n`;
 }
 

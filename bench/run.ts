@@ -13,16 +13,17 @@ import { understudy } from './proxies/understudy.js';
 import { renderMarkdown, saveReport, type BenchReport } from './report.js';
 import { runCold } from './scenarios/cold.js';
 import { runFaults } from './scenarios/faults.js';
+import { runJobs } from './scenarios/jobs.js';
 import { runOverhead } from './scenarios/overhead.js';
 import { killAllServicesNow, stopAllServices } from './services.js';
 import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
 const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
-const SCENARIOS = ['faults', 'cold', 'overhead'] as const;
+const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -63,6 +64,7 @@ async function bench(options: Options, root: string): Promise<void> {
   const runs = (scenario: Scenario) => options.scenarios.includes(scenario);
   const hasUnderstudy = launchers.includes(understudy);
   if (runs('cold') && !hasUnderstudy) skipped.push('cold standby take-over: needs Understudy');
+  if (runs('jobs') && !hasUnderstudy) skipped.push('durable jobs: needs Understudy');
 
   const report: BenchReport = {
     date: new Date().toISOString(),
@@ -76,6 +78,7 @@ async function bench(options: Options, root: string): Promise<void> {
     faults: runs('faults') && launchers.length > 0 ? await runFaults(launchers.filter((l) => !l.overheadOnly), root) : null,
     cold: runs('cold') && hasUnderstudy ? await runCold(root) : null,
     overhead: runs('overhead') ? await runOverhead(launchers, root) : null,
+    jobs: runs('jobs') && hasUnderstudy ? await runJobs(root) : null,
   };
 
   const markdown = renderMarkdown(report);

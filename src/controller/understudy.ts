@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
 import { systemClock, type Clock, type UnderstudyEvent } from '../core/index.js';
-import { JobError, JobFiles, JobRunner, SqliteJobStore, type JobStore } from '../jobs/index.js';
+import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
 import { Gateway, Idempotency, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
 import { ServiceController, type ServiceView } from './service.js';
@@ -28,7 +28,7 @@ export class Understudy {
 
   constructor(
     readonly config: Config,
-    private readonly options: { clock?: Clock; log?: Logger; store?: () => JobStore } = {},
+    private readonly options: { clock?: Clock; log?: Logger; store?: () => Promise<JobStore> } = {},
   ) {
     const clock = options.clock ?? systemClock;
     this.log = options.log ?? createLogger(config.log.level);
@@ -88,7 +88,7 @@ export class Understudy {
     try {
       await this.events.loadHistory();
       // Before any listener: a store that is locked or corrupt stops Understudy here, having changed nothing.
-      const store = (this.options.store ?? (() => SqliteJobStore.open(path.join(this.config.stateDir, 'jobs.db'))))();
+      const store = await (this.options.store ?? (() => ThreadedJobStore.open(path.join(this.config.stateDir, 'jobs.db'))))();
       this.store = store;
       const { ttl, maxResponse } = this.config.idempotency;
       this.proxyHooks.idempotency = new Idempotency(

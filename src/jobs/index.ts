@@ -4,5 +4,6 @@ export { itemsInOrder, parseWav, resultBytes, resultLine } from './output.js';
 export { JobRunner, type JobView, type RunnerOptions } from './runner.js';
 export { compileSubmission, submissionSchema, type Submission } from './spec.js';
 export { SqliteJobStore } from './sqlite-store.js';
+export { ThreadedJobStore } from './threaded-store.js';
 export type { JobFilter, JobStore } from './store.js';
 export type { ItemRecord, ItemRequest, ItemResult, JobOptions, JobRecord, JobState, NewJob, StoredReply } from './types.js';

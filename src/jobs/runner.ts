@@ -198,7 +198,12 @@ class JobRun {
   readonly listeners = new Set<(view: JobView) => void>();
   private state: RunState;
   private readonly queue: ItemRecord[];
+  /** Items on a model server: each holds one of the job's `concurrency` slots. */
   private readonly inflight = new Map<number, InFlight>();
+  /** Every item being worked on, its commit included. */
+  private readonly tasks = new Set<Promise<void>>();
+  /** Items whose answer is in and being committed; they no longer hold a slot. */
+  private committing = 0;
   private readonly waiting = new Map<number, { timer: NodeJS.Timeout; item: ItemRecord }>();
   private readonly finishedAt: number[] = [];
   private notifyTimer: NodeJS.Timeout | undefined;
@@ -224,7 +229,7 @@ class JobRun {
     return {
       ...base,
       pending: this.queue.length + this.waiting.size,
-      running: this.inflight.size,
+      running: this.inflight.size + this.committing,
       ratePerSecond: rate,
       etaSeconds: rate && remaining > 0 ? Math.round(remaining / rate) : remaining === 0 ? 0 : null,
     };
@@ -232,7 +237,8 @@ class JobRun {
 
   /** Starts items while there is room. */
   pump(): void {
-    while (this.state === 'running' && this.inflight.size < this.record.options.concurrency && this.queue.length > 0) {
+    const { concurrency } = this.record.options;
+    while (this.state === 'running' && this.inflight.size < concurrency && this.committing < concurrency && this.queue.length > 0) {
       this.launch(this.queue.shift()!);
     }
     this.maybeFinish();
@@ -283,7 +289,7 @@ class JobRun {
       flight.ended.client = true;
       flight.controller.abort(new ProxyError('CLIENT_GONE', 499, reason));
     }
-    await Promise.all([...this.inflight.values()].map((flight) => flight.done));
+    await Promise.all(this.tasks);
   }
 
   private launch(item: ItemRecord): void {
@@ -291,12 +297,15 @@ class JobRun {
     const ended: Ended = { client: false, total: false };
     const flight: InFlight = { controller, ended, done: Promise.resolve() };
     this.inflight.set(item.index, flight);
-    flight.done = this.runItem(item, controller, ended)
+    const task: Promise<void> = this.runItem(item, controller, ended)
       .catch((error: unknown) => this.options.onError(`job ${this.record.id}: item ${item.index} failed unexpectedly`, error))
       .finally(() => {
         this.inflight.delete(item.index);
+        this.tasks.delete(task);
         this.pump();
       });
+    flight.done = task;
+    this.tasks.add(task);
   }
 
   private async runItem(item: ItemRecord, controller: AbortController, ended: Ended): Promise<void> {
@@ -456,12 +465,21 @@ class JobRun {
   /** Records the item's result (durably, exactly once) and counts it. */
   private async settle(item: ItemRecord, result: ItemResult, started: number): Promise<void> {
     const { record } = this;
+    // The answer is in: the next item goes to the model server while this one is committed
+    // (an fsync takes milliseconds; holding the slot would idle the GPU that long per item).
+    const held = this.inflight.delete(item.index);
+    if (held) {
+      this.committing += 1;
+      this.pump();
+    }
     let recorded: boolean;
     try {
       recorded = await this.options.store.recordResult(record.id, item.index, result);
     } catch (error) {
       await discard(result.body);
       return this.storeFailed(item, error);
+    } finally {
+      if (held) this.committing -= 1;
     }
     if (!recorded) {
       await discard(result.body);
@@ -513,7 +531,7 @@ class JobRun {
   }
 
   private maybeFinish(): void {
-    if (this.state !== 'running' || this.queue.length > 0 || this.inflight.size > 0 || this.waiting.size > 0) return;
+    if (this.state !== 'running' || this.queue.length > 0 || this.tasks.size > 0 || this.waiting.size > 0) return;
     this.state = 'finishing';
     const state = this.record.failed > 0 ? 'failed' : 'succeeded';
     const reason = state === 'failed' ? `${this.record.failed} of ${this.record.total} items failed` : `all ${this.record.total} items succeeded`;

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { SqliteJobStore, StoreError } from '../../src/jobs/index.js';
+import { SqliteJobStore, StoreError, ThreadedJobStore } from '../../src/jobs/index.js';
 import type { ItemRecord, ItemRequest, ItemResult, JobOptions, NewJob } from '../../src/jobs/index.js';
 import { captureTail, terminate, waitForExit } from '../support/process.js';
 import { plain, storeConformance } from './store-conformance.js';
@@ -39,6 +39,24 @@ storeConformance(
     };
   },
   async (file) => SqliteJobStore.open(file),
+);
+
+// What Understudy runs: the same store on a worker thread, so commits never block the event loop.
+storeConformance(
+  'sqlite on a worker thread',
+  async () => {
+    const file = storeFile();
+    const store = await ThreadedJobStore.open(file);
+    return {
+      store,
+      location: file,
+      async cleanup() {
+        await store.close();
+        rmSync(path.dirname(file), { recursive: true, force: true });
+      },
+    };
+  },
+  async (file) => ThreadedJobStore.open(file),
 );
 
 function job(id: string, items: ItemRequest[]): NewJob {
