@@ -82,11 +82,13 @@ describe('jobs survive failures', () => {
     expect(done).toMatchObject({ state: 'succeeded', succeeded: 240, failed: 0 });
     await checkResults(second, done);
 
-    // Work lost: an item reaches a model server twice only if it was in flight at a kill.
+    // Work lost: an item reaches a model server twice only if it was in flight at a kill: on the
+    // primary (at most `concurrency`), or in Understudy, on a model server or being committed
+    // (at most `concurrency` each: an item gives up its slot while its result is committed).
     const runs = runsPerItem(record, job.id);
     expect(runs.size).toBe(240);
     const twice = [...runs.values()].filter((n) => n > 1).length;
-    expect(twice).toBeLessThanOrEqual(2 * concurrency);
+    expect(twice).toBeLessThanOrEqual(concurrency + 2 * concurrency);
 
     const resumed = await events(second, 'job-resumed');
     expect(resumed).toHaveLength(1);
@@ -121,6 +123,6 @@ describe('jobs survive failures', () => {
     const runs = runsPerItem(record, job.id);
     expect(runs.size).toBe(60);
     const extra = [...runs.values()].reduce((sum, n) => sum + n - 1, 0);
-    expect(extra).toBeLessThanOrEqual(kills * concurrency);
+    expect(extra).toBeLessThanOrEqual(kills * 2 * concurrency);
   });
 });
