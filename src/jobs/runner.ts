@@ -2,7 +2,7 @@ import { readFile, rm } from 'node:fs/promises';
 import type { JobsConfig } from '../config/index.js';
 import type { EventBody } from '../core/index.js';
 import { exchange, ProxyError, type Ended, type ProxyHooks, type Upstreams } from '../proxy/index.js';
-import { JobError } from './errors.js';
+import { JobError, StoreError } from './errors.js';
 import { DurableFile, type JobFiles } from './files.js';
 import { writeJoined, writeResults } from './output.js';
 import { compileSubmission, newJobId } from './spec.js';
@@ -348,6 +348,12 @@ class JobRun {
       try {
         resultBody = await this.collect(answer.body, item);
       } catch (error) {
+        if (error instanceof StoreError) {
+          // Our disk failed, not the model: the answer was fine, the job pauses.
+          answer.body.destroy();
+          answer.finish();
+          return this.storeFailed(item, error);
+        }
         const [outcome, detail] = answer.finish(error as Error);
         if (outcome === 'client-abort') return this.requeue(item);
         return this.triedAndFailed(item, answer.status, `${answer.instance}: the answer broke: ${detail}`, answer.instance, started, undefined);
@@ -378,23 +384,36 @@ class JobRun {
     let size = 0;
     let file: DurableFile | undefined;
     let filePath = '';
+    // Errors of our own disk are told apart from a broken answer: they pause the job instead of failing the item.
+    const disk = async <T>(operation: () => Promise<T>): Promise<T> => {
+      try {
+        return await operation();
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        const message = `could not write the result of item ${item.index} to ${filePath}: ${(error as Error).message}`;
+        throw new StoreError(code === 'ENOSPC' || code === 'EDQUOT' ? 'STORE_FULL' : 'STORE_IO', message, { cause: error });
+      }
+    };
     try {
       for await (const chunk of body) {
         size += chunk.length;
         if (file) {
-          await file.write(chunk);
+          const open = file;
+          await disk(() => open.write(chunk));
           continue;
         }
         chunks.push(chunk);
         if (size > limit) {
           filePath = this.options.files.resultPath(this.record.id, item.index);
-          file = await DurableFile.create(filePath);
-          await file.write(Buffer.concat(chunks));
+          file = await disk(() => DurableFile.create(filePath));
+          const open = file;
+          await disk(() => open.write(Buffer.concat(chunks)));
           chunks.length = 0;
         }
       }
       if (!file) return size === 0 ? { kind: 'none' } : { kind: 'inline', data: Buffer.concat(chunks, size) };
-      await file.commit();
+      const open = file;
+      await disk(() => open.commit());
       return { kind: 'file', path: filePath, size };
     } catch (error) {
       await file?.discard();
@@ -525,8 +544,19 @@ class JobRun {
     try {
       await this.setState('paused', reason);
     } catch {
-      // The store cannot say so either; the event and the view still do.
+      // The store cannot say so either (it stays `running` there, so a restart tries again); the event and the view do.
+      const from = this.record.state;
       this.record = { ...this.record, state: 'paused', reason };
+      this.options.publish(this.record.service, {
+        type: 'job-state',
+        job: this.record.id,
+        from,
+        to: 'paused',
+        done: this.record.succeeded + this.record.failed,
+        total: this.record.total,
+        reason,
+      });
+      this.notify(true);
     }
   }
 
