@@ -1,6 +1,8 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { parseDuration } from '../config/index.js';
 import type { Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
@@ -39,7 +41,10 @@ export class AdminServer {
   async start(): Promise<{ host: string; port: number }> {
     const { host, port } = this.app.config.admin.listen;
     const server = createServer((req, res) => {
-      this.handle(req, res).catch((error: unknown) => send(res, 500, { error: { code: 'INTERNAL', message: String(error) } }));
+      this.handle(req, res).catch((error: unknown) => {
+        if (res.headersSent) res.destroy();
+        else send(res, 500, { error: { code: 'INTERNAL', message: String(error) } });
+      });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -81,6 +86,7 @@ export class AdminServer {
       try {
         return await this.jobs(req, res, url);
       } catch (error) {
+        if (res.headersSent) return void res.destroy();
         if (error instanceof JobError) return send(res, error.status, { error: { code: error.code, message: error.message, ...error.details } });
         if (error instanceof StoreError) return send(res, 503, { error: { code: error.code, message: error.message } });
         throw error;
@@ -151,12 +157,14 @@ export class AdminServer {
     if (verb === 'stream' && index === undefined) return this.jobStream(req, res, id);
     if (verb === 'results' && index === undefined) {
       await jobs.view(id); // 404 for an unknown job
-      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-      for await (const item of itemsInOrder(this.app.jobStore(), id)) {
-        if (!res.write(`${JSON.stringify(resultLine(item))}\n`)) await new Promise((resolve) => res.once('drain', resolve));
-        if (res.destroyed) return;
+      const store = this.app.jobStore();
+      const jobId = id;
+      async function* lines() {
+        for await (const item of itemsInOrder(store, jobId)) yield `${JSON.stringify(resultLine(item))}\n`;
       }
-      res.end();
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      // pipeline: backpressure, and a client that leaves (or a store that fails midway) ends both sides.
+      await pipeline(Readable.from(lines()), res).catch(() => res.destroy());
       return;
     }
     if (verb === 'items' && index !== undefined && /^\d+$/.test(index) && tail === 'body') {
@@ -183,7 +191,7 @@ export class AdminServer {
       const info = await stat(file).catch(() => undefined);
       if (!info) return send(res, 404, { error: { code: 'NO_OUTPUT', message: `${file} is missing` } });
       res.writeHead(200, { 'content-type': job.options.join === 'wav' ? 'audio/wav' : 'application/octet-stream', 'content-length': info.size });
-      createReadStream(file).pipe(res);
+      await pipeline(createReadStream(file), res).catch(() => res.destroy());
       return;
     }
     return notFound(res);

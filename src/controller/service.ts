@@ -97,6 +97,10 @@ export class ServiceController implements Upstreams {
   }
 
   boot(): void {
+    // Cold standbys too: one left running by a killed Understudy holds its port and GPU until stopped.
+    for (const handle of this.handles.values()) {
+      handle.runtime.recover().catch((error: unknown) => this.deps.onError(`could not check ${handle.config.name} for a process left running`, error));
+    }
     this.dispatch({ type: 'boot' });
   }
 

@@ -50,6 +50,10 @@ type RunnerState = 'created' | 'running' | 'closing' | 'closed';
  */
 export class JobRunner {
   private readonly runs = new Map<string, JobRun>();
+  /** Loads in progress, so two requests for one job never make two runs of it. */
+  private readonly loading = new Map<string, Promise<JobRun>>();
+  /** Progress listeners by job id: they outlive runs (a paused job's run is loaded when it resumes). */
+  private readonly listeners = new Map<string, Set<(view: JobView) => void>>();
   private state: RunnerState = 'created';
   private closing: Promise<void> | undefined;
   readonly now: () => number;
@@ -141,10 +145,13 @@ export class JobRunner {
 
   /** Calls `listener` with the job's view whenever it changes, until the returned function is called. */
   subscribe(id: string, listener: (view: JobView) => void): () => void {
-    const run = this.runs.get(id);
-    if (!run) return () => {};
-    run.listeners.add(listener);
-    return () => run.listeners.delete(listener);
+    let set = this.listeners.get(id);
+    if (!set) this.listeners.set(id, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0 && this.listeners.get(id) === set) this.listeners.delete(id);
+    };
   }
 
   /** Stops every job here without changing what the store says: running jobs continue at the next start. */
@@ -159,6 +166,11 @@ export class JobRunner {
   }
 
   /** @internal */
+  listenersOf(id: string): ReadonlySet<(view: JobView) => void> | undefined {
+    return this.listeners.get(id);
+  }
+
+  /** @internal */
   forget(run: JobRun): void {
     if (this.runs.get(run.record.id) === run) this.runs.delete(run.record.id);
   }
@@ -169,15 +181,31 @@ export class JobRunner {
     if (run) return run;
     const record = await this.options.store.getJob(id);
     if (!record) throw new JobError('NO_JOB', `no job ${id}`, 404);
+    // Loaded meanwhile (by start() after a restart, or another request)?
+    const loaded = this.runs.get(id) ?? (await this.loading.get(id));
+    if (loaded) return loaded;
     if (record.state === 'paused' && what === 'cancel') return this.load(record);
     throw new JobError('JOB_NOT_RUNNING', `cannot ${what} job ${id}: it is ${record.state}`, 409);
   }
 
-  private async load(record: JobRecord): Promise<JobRun> {
-    const pending = await this.options.store.pendingItems(record.id);
-    const run = new JobRun(this, record, pending);
-    this.runs.set(record.id, run);
-    return run;
+  private load(record: JobRecord): Promise<JobRun> {
+    const existing = this.runs.get(record.id);
+    if (existing) return Promise.resolve(existing);
+    let loading = this.loading.get(record.id);
+    if (!loading) {
+      loading = this.options.store
+        .pendingItems(record.id)
+        .then((pending) => {
+          const again = this.runs.get(record.id);
+          if (again) return again;
+          const run = new JobRun(this, record, pending);
+          this.runs.set(record.id, run);
+          return run;
+        })
+        .finally(() => this.loading.delete(record.id));
+      this.loading.set(record.id, loading);
+    }
+    return loading;
   }
 
   private mustRun(): void {
@@ -195,7 +223,6 @@ interface InFlight {
 
 /** One job running here: its queue of pending items, the items in flight, and its progress. */
 class JobRun {
-  readonly listeners = new Set<(view: JobView) => void>();
   private state: RunState;
   private readonly queue: ItemRecord[];
   /** Items on a model server: each holds one of the job's `concurrency` slots. */
@@ -207,6 +234,7 @@ class JobRun {
   private readonly waiting = new Map<number, { timer: NodeJS.Timeout; item: ItemRecord }>();
   private readonly finishedAt: number[] = [];
   private notifyTimer: NodeJS.Timeout | undefined;
+  private finishing: Promise<void> | undefined;
 
   constructor(
     private readonly runner: JobRunner,
@@ -260,7 +288,12 @@ class JobRun {
   async resume(): Promise<JobView> {
     if (this.state !== 'paused') throw new JobError('JOB_NOT_PAUSED', `job ${this.record.id} is not paused`, 409);
     this.state = 'running';
-    await this.setState('running', null, 'resumed by a person');
+    try {
+      await this.setState('running', null, 'resumed by a person');
+    } catch (error) {
+      this.state = 'paused';
+      throw error;
+    }
     this.pump();
     return this.view();
   }
@@ -269,15 +302,33 @@ class JobRun {
     if (this.state !== 'running' && this.state !== 'paused') {
       throw new JobError('JOB_NOT_RUNNING', `cannot cancel job ${this.record.id}: it is ${this.state}`, 409);
     }
+    const before = this.state;
     this.state = 'finishing';
     await this.halt('the job was cancelled');
-    await this.finish('cancelled', 'cancelled by a person');
+    try {
+      await this.setState('cancelled', 'cancelled by a person');
+    } catch (error) {
+      // Not recorded: the job is as it was, less its items in flight (they are pending again).
+      this.state = before === 'running' ? 'running' : 'paused';
+      this.pump();
+      throw error;
+    }
+    this.state = 'done';
+    this.runner.forget(this);
+    await this.writeOutputs().catch((error: unknown) =>
+      this.options.onError(`job ${this.record.id}: cancelled, but its results files could not be written`, error),
+    );
+    this.notify(true);
     return this.view();
   }
 
   /** Understudy is stopping: items in flight are abandoned (they stay pending in the store). */
   async stop(): Promise<void> {
     if (this.state === 'done') return;
+    if (this.state === 'finishing') {
+      await this.finishing;
+      return;
+    }
     this.state = 'stopped';
     await this.halt('Understudy is stopping');
   }
@@ -451,7 +502,7 @@ class JobRun {
     if (final) {
       const result = failedResult(status, reason, item, started);
       result.instance = instance;
-      return this.settle(item, result, started);
+      return this.settle(item, result, started, true);
     }
     this.options.onItem?.(record.service, 'retried', performance.now() - started);
     const backoff = Math.min(MAX_RETRY_DELAY_MS, this.options.defaults.retryDelay * 2 ** (tries - 1));
@@ -482,7 +533,8 @@ class JobRun {
   }
 
   /** Records the item's result (durably, exactly once) and counts it. */
-  private async settle(item: ItemRecord, result: ItemResult, started: number): Promise<void> {
+  /** `announced`: an item-failed event already said this failure was final. */
+  private async settle(item: ItemRecord, result: ItemResult, started: number, announced = false): Promise<void> {
     const { record } = this;
     // The answer is in: the next item goes to the model server while this one is committed
     // (an fsync takes milliseconds; holding the slot would idle the GPU that long per item).
@@ -510,15 +562,16 @@ class JobRun {
     this.finishedAt.push(performance.now());
     if (this.finishedAt.length > RATE_WINDOW) this.finishedAt.shift();
     this.options.onItem?.(record.service, result.state, result.ms);
-    if (result.state === 'failed' && result.attempts === 1 && result.status !== null) {
+    if (result.state === 'failed' && !announced) {
+      const rejected = result.status !== null && result.status < 500;
       this.options.publish(record.service, {
         type: 'item-failed',
         job: record.id,
         item: item.index,
-        attempts: 1,
+        attempts: result.attempts,
         status: result.status,
         final: true,
-        reason: `${result.error ?? 'failed'}; a 4xx answer is not tried again`,
+        reason: `${result.error ?? 'failed'}${rejected ? '; a 4xx answer is not tried again' : ''}`,
       });
     }
     this.notify();
@@ -565,22 +618,15 @@ class JobRun {
     this.state = 'finishing';
     const state = this.record.failed > 0 ? 'failed' : 'succeeded';
     const reason = state === 'failed' ? `${this.record.failed} of ${this.record.total} items failed` : `all ${this.record.total} items succeeded`;
-    this.finish(state, reason).catch((error: unknown) => this.options.onError(`job ${this.record.id}: could not finish`, error));
+    this.finishing = this.finish(state, reason).catch((error: unknown) => this.options.onError(`job ${this.record.id}: could not finish`, error));
   }
 
   /** Writes results.jsonl and the joined output, then the final state; a failure pauses the job instead. */
-  private async finish(state: 'succeeded' | 'failed' | 'cancelled', reason: string): Promise<void> {
-    const { record } = this;
-    const { files, store } = this.options;
+  private async finish(state: 'succeeded' | 'failed', reason: string): Promise<void> {
     try {
-      await writeResults(store, record.id, files.resultsPath(record.id));
-      if (record.options.join !== 'none') {
-        const joined = await writeJoined(store, record.id, record.options.join, files.outputPath(record.id, record.options.join));
-        if (joined.skipped.length > 0 && state !== 'cancelled') {
-          reason += `; ${joined.skipped.length} items are not in ${files.outputPath(record.id, record.options.join)}`;
-        }
-      }
-      await this.setState(state, state === 'succeeded' ? null : reason, reason);
+      const skipped = await this.writeOutputs();
+      if (skipped > 0) reason += `; ${skipped} items are not in ${this.options.files.outputPath(this.record.id, this.record.options.join as 'wav')}`;
+      await this.setState(state, state === 'succeeded' && skipped === 0 ? null : reason, reason);
       this.state = 'done';
       this.runner.forget(this);
     } catch (error) {
@@ -589,6 +635,17 @@ class JobRun {
     }
     this.notify(true);
   }
+
+  /** results.jsonl and the joined output; returns how many items the join left out. */
+  private async writeOutputs(): Promise<number> {
+    const { record } = this;
+    const { files, store } = this.options;
+    await writeResults(store, record.id, files.resultsPath(record.id));
+    if (record.options.join === 'none') return 0;
+    const joined = await writeJoined(store, record.id, record.options.join, files.outputPath(record.id, record.options.join));
+    return joined.skipped.length;
+  }
+
 
   private async setState(state: JobState, reason: string | null, eventReason = reason ?? state): Promise<void> {
     const from = this.record.state;
@@ -609,18 +666,22 @@ class JobRun {
 
   /** Tells subscribers, at most every 100 ms unless `now`. */
   private notify(now = false): void {
-    if (this.listeners.size === 0) return;
+    const tell = () => {
+      const listeners = this.runner.listenersOf(this.record.id);
+      if (!listeners) return;
+      const view = this.view();
+      for (const listener of listeners) listener(view);
+    };
+    if (!this.runner.listenersOf(this.record.id)) return;
     if (now) {
       clearTimeout(this.notifyTimer);
       this.notifyTimer = undefined;
-      const view = this.view();
-      for (const listener of this.listeners) listener(view);
+      tell();
       return;
     }
     this.notifyTimer ??= setTimeout(() => {
       this.notifyTimer = undefined;
-      const view = this.view();
-      for (const listener of this.listeners) listener(view);
+      tell();
     }, 100);
   }
 

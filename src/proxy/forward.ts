@@ -181,10 +181,18 @@ async function answerOnce(x: Exchange, key: string, idempotency: Idempotency): P
     await attempts({ ...x, read, capture });
   } finally {
     const answer = capture.answer;
-    // Only an answer the model gave in full is kept; 5xx and gateway errors release the key for another try.
-    await claim.finish(answer && answer.status < 500 ? answer : undefined);
+    // Only a whole, final answer is kept; 5xx, "try again later" and gateway errors release the key.
+    const keep = answer && answer.status < 500 && !TRY_AGAIN.has(answer.status);
+    try {
+      await claim.finish(keep ? answer : undefined);
+    } catch (error) {
+      x.hooks.onError(`could not keep the answer for Idempotency-Key ${JSON.stringify(key)}; a repeat will run again`, error);
+    }
   }
 }
+
+/** Answers that ask the client to try again later: never replayed for a repeat. */
+const TRY_AGAIN = new Set([408, 425, 429]);
 
 async function attempts(x: Exchange): Promise<void> {
   const { req, res, upstreams, path, requestId, hooks, requestSignal, ended, report } = x;
@@ -230,6 +238,7 @@ async function attempts(x: Exchange): Promise<void> {
     answer.body.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size <= capture.limit) kept.push(chunk);
+      else kept.length = 0; // too large to keep: let the chunks go now
     });
     answer.body.once('end', () => {
       if (size <= capture.limit) {

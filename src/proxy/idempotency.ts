@@ -31,7 +31,8 @@ interface Running {
 /**
  * Answers each Idempotency-Key once: the first request runs, repeats wait for its
  * answer (while it runs) or get the kept answer (for `ttlMs` after). Answers of 5xx,
- * gateway errors and broken responses are not kept, so a repeat runs again.
+ * 408, 425, 429 (try again later), gateway errors and broken responses are not kept,
+ * so a repeat runs again.
  */
 export class Idempotency {
   private readonly running = new Map<string, Running>();
@@ -74,8 +75,10 @@ export class Idempotency {
     }
     if (kept) {
       this.running.delete(id);
-      settle(kept);
-      return kept.fingerprint === fingerprint ? { kind: 'replay', reply: kept } : { kind: 'mismatch' };
+      // Waiters registered under this request's fingerprint: a kept answer for another request is not theirs.
+      const same = kept.fingerprint === fingerprint;
+      settle(same ? kept : undefined);
+      return same ? { kind: 'replay', reply: kept } : { kind: 'mismatch' };
     }
     return {
       kind: 'run',

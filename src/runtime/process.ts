@@ -18,6 +18,8 @@ export class ProcessRuntime implements Runtime {
   private exitListener: (code: number | null, signal: string | null) => void = () => {};
   /** Bumped by every stop, so a start still waiting (for the last stop, for the disk) gives up. */
   private stops = 0;
+  /** The check for a process left by an earlier Understudy: once, at boot or before the first start. */
+  private orphanCheck: Promise<void> | undefined;
 
   constructor(
     private readonly config: ProcessRuntimeConfig,
@@ -51,7 +53,7 @@ export class ProcessRuntime implements Runtime {
       }
     }
     await mkdir(path.dirname(this.logFile), { recursive: true });
-    await this.stopOrphan();
+    await this.recover();
     stillWanted();
     const log = await open(this.logFile, 'a');
     const [program, ...args] = this.config.command;
@@ -89,6 +91,11 @@ export class ProcessRuntime implements Runtime {
    * process group): they would hold the port and the GPU. Stops the one this runtime
    * started last time, if it still runs the same command.
    */
+  recover(): Promise<void> {
+    this.orphanCheck ??= this.stopOrphan();
+    return this.orphanCheck;
+  }
+
   private async stopOrphan(): Promise<void> {
     let record: PidRecord;
     try {
@@ -97,7 +104,7 @@ export class ProcessRuntime implements Runtime {
       return;
     }
     const { pid } = record;
-    if (Number.isInteger(pid) && pid > 1 && (await sameProcessGroup(pid, record.command))) {
+    if (Number.isInteger(pid) && pid > 1 && (await sameProcess(pid, record.startTime))) {
       this.onOrphan(pid, `stopping ${record.command.join(' ')} (pid ${pid}), left running by an Understudy that did not shut down`);
       await terminateGroup(pid, this.config.stopGrace);
     }
@@ -107,7 +114,7 @@ export class ProcessRuntime implements Runtime {
   private writePidFile(pid: number): void {
     try {
       mkdirSyncFor(this.pidFile);
-      const record: PidRecord = { pid, command: this.config.command, startedAt: Date.now() };
+      const record: PidRecord = { pid, command: this.config.command, startedAt: Date.now(), startTime: startTimeOf(pid) };
       writeFileSync(this.pidFile, `${JSON.stringify(record)}\n`);
     } catch {
       // Without it an orphan is not found after a crash; the instance itself runs fine.
@@ -139,6 +146,8 @@ export interface PidRecord {
   pid: number;
   command: string[];
   startedAt: number;
+  /** The kernel's start time of the process (/proc/PID/stat field 22): tells it from a later process given the same pid. */
+  startTime: string | null;
 }
 
 /** SIGTERM to the process group, SIGKILL after the grace period unless it exited first. */
@@ -163,15 +172,31 @@ async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
   }
 }
 
-/** Whether `pid` leads its own process group and runs `command` (a pid may be reused by something else). */
-async function sameProcessGroup(pid: number, command: string[]): Promise<boolean> {
+/**
+ * Whether `pid` is still the process we started: it leads its own process group and
+ * has the start time we recorded (a pid can be reused by anything later). The command
+ * line is not compared: a script run through its shebang shows the interpreter there.
+ */
+async function sameProcess(pid: number, startTime: string | null | undefined): Promise<boolean> {
+  if (!startTime) return false;
   try {
-    const [cmdline, stat] = await Promise.all([readFile(`/proc/${pid}/cmdline`, 'utf8'), readFile(`/proc/${pid}/stat`, 'utf8')]);
-    // stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so read after the last ")".
-    const pgrp = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
-    return pgrp === pid && cmdline.split('\0').filter(Boolean).join('\0') === command.join('\0');
+    const fields = statFields(await readFile(`/proc/${pid}/stat`, 'utf8'));
+    return Number(fields[2]) === pid && fields[19] === startTime;
   } catch {
     return false;
+  }
+}
+
+/** The fields of /proc/PID/stat after "pid (comm)": comm may hold spaces and parentheses. */
+function statFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+function startTimeOf(pid: number): string | null {
+  try {
+    return statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'))[19] ?? null;
+  } catch {
+    return null;
   }
 }
 
@@ -184,9 +209,10 @@ async function terminateGroup(pid: number, graceMs: number): Promise<void> {
       // gone
     }
   };
+  // The group, not just its leader: forked workers may hold the GPU too.
   const alive = () => {
     try {
-      process.kill(pid, 0);
+      process.kill(-pid, 0);
       return !isZombie(pid);
     } catch {
       return false;
@@ -196,8 +222,11 @@ async function terminateGroup(pid: number, graceMs: number): Promise<void> {
   signal('SIGTERM');
   const deadline = Date.now() + graceMs;
   while (alive() && Date.now() < deadline) await sleep(50);
-  if (alive()) signal('SIGKILL');
-  while (alive()) await sleep(20);
+  if (!alive()) return;
+  signal('SIGKILL');
+  // A process stuck in the kernel (a hung GPU driver) may never go: give up after 5 s rather than block the start.
+  const killed = Date.now() + 5000;
+  while (alive() && Date.now() < killed) await sleep(20);
 }
 
 function isZombie(pid: number): boolean {

@@ -7,6 +7,8 @@ export interface Runtime {
   start(): Promise<void>;
   /** Stops the instance: SIGTERM, the grace period, then SIGKILL. Safe to call when stopped. */
   stop(): Promise<void>;
+  /** Deals with what an earlier Understudy left behind (a process still running); called at boot for every instance. */
+  recover(): Promise<void>;
   /** Called when the instance ends without being asked to. */
   onExit(listener: (code: number | null, signal: string | null) => void): void;
   /** Process id while running, for status and drills. */
@@ -31,5 +33,6 @@ export class ExternalRuntime implements Runtime {
   readonly pid = undefined;
   async start(): Promise<void> {}
   async stop(): Promise<void> {}
+  async recover(): Promise<void> {}
   onExit(): void {}
 }

@@ -95,6 +95,33 @@ describe('Idempotency-Key', () => {
     expect(runs(record, 'fail')).toBeGreaterThanOrEqual(2);
   });
 
+  it('two concurrent requests with another body under a kept key are both refused, never given its answer', async () => {
+    const { gw, record } = await gateway(10);
+    await (await post(gw.url, 'k-a', '{"text":"A"}', 'other.1')).body.dump();
+    const [b1, b2] = await Promise.all([post(gw.url, 'k-a', '{"text":"B"}', 'other.2'), post(gw.url, 'k-a', '{"text":"B"}', 'other.3')]);
+    expect([b1.statusCode, b2.statusCode]).toEqual([422, 422]);
+    await Promise.all([b1.body.dump(), b2.body.dump()]);
+    expect(runs(record, 'other')).toBe(1);
+  });
+
+  it('does not keep a "try again later" answer (429): the repeat runs again', async () => {
+    const { gw, record } = await gateway(10);
+    const send = (id: string) =>
+      request(`${gw.url}/v1/infer`, {
+        method: 'POST',
+        headers: { 'idempotency-key': 'k-429', 'x-request-id': id, 'x-answer-status': '429' },
+        body: '{}',
+      });
+    const first = await send('busy.1');
+    expect(first.statusCode).toBe(429);
+    await first.body.dump();
+    const before = runs(record, 'busy');
+    const again = await send('busy.2');
+    expect(again.headers['idempotent-replayed']).toBeUndefined();
+    await again.body.dump();
+    expect(runs(record, 'busy')).toBeGreaterThan(before);
+  });
+
   it('refuses a malformed key', async () => {
     const { gw } = await gateway(10);
     const bad = await post(gw.url, 'x'.repeat(300), '{}', 'bad.1');
