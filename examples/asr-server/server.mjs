@@ -5,7 +5,7 @@
 // packages: run install.sh next to this file.
 import { spawn } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { unlink, writeFile } from 'node:fs/promises';
+import { readFile, unlink, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,15 +22,18 @@ const DEFAULT_GRAMMAR = path.join(HERE, 'meeting.gram');
 // OpenAI's limit for an uploaded audio file: about 13 minutes of 16 kHz mono.
 const MAX_BODY_BYTES = 25 * 1024 * 1024;
 const TARGET_RATE = 16_000; // what the en-us acoustic model was trained on
-// Silence around the speech, so the recogniser's voice activity detector hears it start and end.
-const PAD_SECONDS = 0.25;
 // A recogniser process gets this long plus the audio's duration before it is killed.
 const RECOGNIZE_GRACE_MS = 30_000;
 // Draining waits longer than the TTS example does: one transcription can take seconds.
 const DRAIN_TIMEOUT_MS = 10_000;
+// Beams much wider than the defaults (1e-48, 1e-48, 7e-29): with a grammar of a few
+// dozen sentences the search stays small, and the default beams sometimes prune the
+// right path, when pocketsphinx answers nothing.
 const SEARCH_BEAMS = ['-beam', '1e-80', '-pbeam', '1e-80', '-wbeam', '1e-60'];
+// Half a bit of noise, always the same (a fixed seed; the default seed is the clock), so
+// that stretches of digital silence do not upset the front end's noise estimate.
+const DITHER = ['-dither', 'yes', '-seed', '1'];
 const RESPONSE_FORMATS = new Set(['json', 'text', 'verbose_json']);
-const RAW_TYPES = new Set(['audio/wav', 'audio/x-wav', 'audio/wave', 'audio/vnd.wave', 'application/octet-stream']);
 const ROUTES = { '/health': 'GET', '/version': 'GET', '/v1/audio/transcriptions': 'POST' };
 
 const USAGE =
@@ -45,6 +48,7 @@ const slots = semaphore(options.concurrency);
 const children = new Set(); // recogniser processes running now
 let nextFile = 0;
 const workDir = mkdtempSync(path.join(os.tmpdir(), 'asr-server-'));
+const dictionary = path.join(workDir, 'grammar.dict'); // written by load()
 process.on('exit', () => {
   for (const child of children) child.kill('SIGKILL');
   rmSync(workDir, { recursive: true, force: true });
@@ -86,22 +90,26 @@ load().catch((error) => {
   process.exit(1);
 });
 
-// pocketsphinx loads its model afresh for every file, so "loading" is a warm-up run on
-// a second of silence: it proves the model, dictionary and grammar work together (a
-// grammar word missing from the dictionary fails here, not on the first request) and
-// brings the model files into the page cache.
+// pocketsphinx_continuous loads its model afresh for every file, so loading here is
+// making that quick and proving it works: a pronunciation dictionary of just the
+// grammar's words (parsing the whole 134,000-word CMU dictionary was half of every
+// recognition), then a warm-up run on a second of silence, which fails here, not on
+// the first request, when the model, dictionary and grammar do not fit together (a
+// grammar word missing from the dictionary, say).
 async function load() {
   const started = performance.now();
+  const { entries, total } = await writeGrammarDictionary(options.dict, options.grammar, dictionary);
+  const dictMs = performance.now() - started;
   const result = await recognize(new Int16Array(TARGET_RATE));
-  const warmMs = performance.now() - started;
+  const warmMs = performance.now() - started - dictMs;
   if (result.error) throw new Error(`warm-up recognition failed: ${result.error}`);
   if (options.loadDelayMs > 0) await sleep(options.loadDelayMs);
   if (state !== 'loading') return;
   state = 'ready';
   console.error(
     `model pocketsphinx ${options.modelVersion} loaded in ${Math.round(performance.now() - started)}ms ` +
-      `(warm-up recognition ${Math.round(warmMs)}ms, load delay ${options.loadDelayMs}ms; ` +
-      `grammar ${options.grammar}, up to ${options.concurrency} at once)`,
+      `(dictionary ${Math.round(dictMs)}ms: ${entries} of ${total} entries; warm-up recognition ${Math.round(warmMs)}ms; ` +
+      `load delay ${options.loadDelayMs}ms; grammar ${options.grammar}; up to ${options.concurrency} at once)`,
   );
   process.send?.({ type: 'ready' });
 }
@@ -128,11 +136,14 @@ async function handle(req, res) {
 }
 
 async function transcribe(req, res, url) {
+  // Skip the work when the client goes away while it waits for a recogniser, and
+  // stop the recogniser when it goes away during recognition.
+  const abort = new AbortController();
+  res.on('close', () => abort.abort());
+  // multipart/form-data carries the file in its "file" field; any other body is the file
+  // itself (audio/wav, application/octet-stream, or whatever curl --data-binary sends).
   const contentType = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
   const multipart = contentType === 'multipart/form-data';
-  if (!multipart && contentType !== '' && !RAW_TYPES.has(contentType)) {
-    return sendError(res, 415, `unsupported Content-Type "${contentType}"; send a WAV file as audio/wav, application/octet-stream or multipart/form-data (field "file")`);
-  }
   const body = await readBody(req);
   if (body === undefined) {
     res.setHeader('Connection', 'close');
@@ -160,12 +171,7 @@ async function transcribe(req, res, url) {
 
   const wav = parseWav(audio);
   if (wav.error) return sendError(res, 400, `audio is not usable: ${wav.error}`, 'invalid_request_error', 'file');
-  const samples = toMono16k(wav);
-
-  // Skip the work when the client goes away while it waits for a recogniser, and
-  // stop the recogniser when it goes away during recognition.
-  const abort = new AbortController();
-  res.on('close', () => abort.abort());
+  const samples = await toMono16k(wav);
   const result = await recognize(samples, abort.signal);
   if (abort.signal.aborted) return;
   if (result.error) {
@@ -229,35 +235,45 @@ function parseWav(buffer) {
 }
 
 /**
- * Averages the channels, resamples to 16 kHz by linear interpolation (after a
+ * Averages the channels and resamples to 16 kHz by linear interpolation, after a
  * low-pass filter when the source rate is higher, so that what lies above 8 kHz does
- * not fold back into the speech band), and pads with silence.
+ * not fold back into the speech band. The filter is applied only at the samples the
+ * interpolation reads, and the work stops every second of output to let other
+ * requests (and /health) through: a long 48 kHz file takes a while.
  */
-function toMono16k({ sampleRate, channels, frames, data }) {
-  let mono = new Float32Array(frames);
+async function toMono16k({ sampleRate, channels, frames, data }) {
+  const mono = new Float32Array(frames);
   for (let i = 0; i < frames; i++) {
     let sum = 0;
     for (let c = 0; c < channels; c++) sum += data[i * channels + c];
     mono[i] = sum / channels;
   }
   const step = sampleRate / TARGET_RATE;
-  if (step > 1) mono = lowPass(mono, (0.45 * TARGET_RATE) / sampleRate, 2 * Math.ceil(16 * step) + 1);
-  const pad = Math.round(PAD_SECONDS * TARGET_RATE);
+  const kernel = step > 1 ? lowPassKernel((0.45 * TARGET_RATE) / sampleRate, 2 * Math.ceil(16 * step) + 1) : Float32Array.of(1);
+  const half = (kernel.length - 1) / 2;
+  const filtered = (j) => {
+    let sum = 0;
+    const from = Math.max(0, j - half);
+    const to = Math.min(frames - 1, j + half);
+    for (let k = from; k <= to; k++) sum += mono[k] * kernel[k - j + half];
+    return sum;
+  };
   const length = Math.max(1, Math.floor((frames - 1) / step) + 1);
-  const out = new Int16Array(pad + length + pad);
+  const out = new Int16Array(length);
   for (let i = 0; i < length; i++) {
+    if (i % TARGET_RATE === TARGET_RATE - 1) await new Promise(setImmediate);
     const position = i * step;
     const left = Math.floor(position);
-    const right = Math.min(frames - 1, left + 1);
     const fraction = position - left;
-    const value = mono[left] * (1 - fraction) + mono[right] * fraction;
-    out[pad + i] = Math.max(-32768, Math.min(32767, Math.round(value)));
+    let value = filtered(left);
+    if (fraction > 0) value = value * (1 - fraction) + filtered(Math.min(frames - 1, left + 1)) * fraction;
+    out[i] = Math.max(-32768, Math.min(32767, Math.round(value)));
   }
   return out;
 }
 
-/** A windowed-sinc (Blackman) FIR low-pass; cutoff is a fraction of the sample rate, taps is odd. */
-function lowPass(input, cutoff, taps) {
+/** A windowed-sinc (Blackman) low-pass FIR kernel; cutoff is a fraction of the sample rate, taps is odd. */
+function lowPassKernel(cutoff, taps) {
   const middle = (taps - 1) / 2;
   const kernel = new Float32Array(taps);
   let total = 0;
@@ -269,15 +285,29 @@ function lowPass(input, cutoff, taps) {
     total += kernel[k];
   }
   for (let k = 0; k < taps; k++) kernel[k] /= total;
-  const output = new Float32Array(input.length);
-  for (let i = 0; i < input.length; i++) {
-    let sum = 0;
-    const from = Math.max(0, i - middle);
-    const to = Math.min(input.length - 1, i + middle);
-    for (let j = from; j <= to; j++) sum += input[j] * kernel[j - i + middle];
-    output[i] = sum;
+  return kernel;
+}
+
+/**
+ * Writes to `to` the entries of the dictionary `from` (alternative pronunciations
+ * included) for every word the grammar could contain. Words are found loosely (every
+ * token outside rule names, tags and weights, keywords included): an extra entry costs
+ * nothing, a missing one would fail the warm-up run.
+ */
+async function writeGrammarDictionary(from, grammarFile, to) {
+  const grammar = (await readFile(grammarFile, 'utf8'))
+    .replace(/\/\*[\s\S]*?\*\//g, ' ') // comments
+    .replace(/\/\/[^\n]*/g, ' ')
+    .replace(/<[^>]*>|\{[^}]*\}|\/[^/]*\//g, ' '); // rule names, tags, weights
+  const words = new Set();
+  for (const token of grammar.split(/[\s()[\]|*+;="]+/)) {
+    if (token) words.add(token).add(token.toLowerCase());
   }
-  return output;
+  const lines = (await readFile(from, 'utf8')).split('\n');
+  // "word PHONES" or, for an alternative pronunciation, "word(2) PHONES".
+  const kept = lines.filter((line) => words.has(/^(\S+?)(?:\(\d+\))?\s/.exec(line)?.[1]));
+  await writeFile(to, kept.join('\n') + '\n');
+  return { entries: kept.length, total: lines.filter(Boolean).length };
 }
 
 /**
@@ -291,35 +321,41 @@ async function recognize(samples, signal) {
   try {
     await writeFile(file, new Uint8Array(samples.buffer, samples.byteOffset, samples.byteLength));
     const timeoutMs = RECOGNIZE_GRACE_MS + Math.round((samples.length / TARGET_RATE) * 1000);
-    return await runRecognizer(file, timeoutMs, signal);
+    const result = await runRecognizer(file, timeoutMs, signal);
+    if (result.error || result.text !== '') return result;
+    // Nothing heard. pocketsphinx 0.8+5prealpha answers nothing when no path through the
+    // grammar ends exactly at the last frame ("Final result does not match the grammar"),
+    // and the silence and noise "filler words" it lets in between words are what most
+    // often leave it there. A second pass without them usually finds the sentence; for
+    // real silence it finds nothing again.
+    return await runRecognizer(file, timeoutMs, signal, ['-fsgusefiller', 'no']);
   } finally {
     release();
     unlink(file).catch(() => {});
   }
 }
 
-function runRecognizer(file, timeoutMs, signal) {
+function runRecognizer(file, timeoutMs, signal, extra = []) {
   const args = [
     ['-infile', file],
     ['-hmm', options.hmm],
-    ['-dict', options.dict],
+    ['-dict', dictionary],
     ['-jsgf', options.grammar],
     ['-samprate', String(TARGET_RATE)],
-    // Beams much wider than the defaults (1e-48, 1e-48, 7e-29): with a grammar of a few
-    // dozen sentences the search stays small, and the default beams sometimes prune the
-    // right path, when pocketsphinx answers nothing ("Final result does not match the grammar").
     ...SEARCH_BEAMS,
-    // Its log (model loading, per-utterance statistics) goes nowhere; errors still reach stderr.
-    ['-logfn', '/dev/null'],
+    ...DITHER,
+    ...extra,
+    // Its log (model loading, search statistics, and its errors too) goes to a file that
+    // is read only when it fails.
+    ['-logfn', `${file}.log`],
   ].flat();
   return new Promise((resolve) => {
     const child = spawn(RECOGNIZER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     children.add(child);
     let stdout = '';
-    let stderr = '';
     let killedFor;
     child.stdout.setEncoding('utf8').on('data', (chunk) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk) => (stderr = (stderr + chunk).slice(-2000)));
+    child.stderr.resume();
     const kill = (reason) => {
       killedFor ??= reason;
       child.kill('SIGKILL');
@@ -330,14 +366,16 @@ function runRecognizer(file, timeoutMs, signal) {
     child.on('error', (error) => {
       killedFor ??= error.message;
     });
-    child.on('close', (code, sig) => {
+    child.on('close', async (code, sig) => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
       children.delete(child);
+      const log = await readFile(`${file}.log`, 'utf8').catch(() => '');
+      unlink(`${file}.log`).catch(() => {});
       if (killedFor) return resolve({ error: killedFor });
       if (code !== 0) {
-        const detail = stderr.trim().split('\n').slice(-3).join(' | ');
-        return resolve({ error: `${RECOGNIZER} exited with ${sig ?? code}${detail ? `: ${detail}` : ''}` });
+        const errors = log.split('\n').filter((line) => /^(ERROR|FATAL)/.test(line)).slice(-3);
+        return resolve({ error: `${RECOGNIZER} exited with ${sig ?? code}${errors.length ? `: ${errors.join(' | ')}` : ''}` });
       }
       const text = stdout
         .split('\n')
@@ -408,10 +446,11 @@ function checkInstalled() {
   if (!isDir(options.hmm)) problems.push(`acoustic model directory ${options.hmm} is missing`);
   if (!isFile(options.dict)) problems.push(`pronunciation dictionary ${options.dict} is missing`);
   if (problems.length > 0) {
+    const script = path.relative(process.cwd(), path.join(HERE, 'install.sh'));
     console.error(
       `pocketsphinx is not installed: ${problems.join('; ')}.\n` +
         `Install it (Debian/Ubuntu packages pocketsphinx and pocketsphinx-en-us) with:\n` +
-        `  sh ${path.relative(process.cwd(), path.join(HERE, 'install.sh')) || 'install.sh'}`,
+        `  sh ${script.startsWith('..') ? path.join(HERE, 'install.sh') : script}`,
     );
     process.exit(1);
   }
