@@ -392,7 +392,8 @@ class JobRun {
       );
       if (!answer.ok) {
         if (answer.error === null) return this.requeue(item); // paused, cancelled or stopping
-        if (NOT_TRIED.has(answer.error.code)) return this.wait(item, answer.error.message, started);
+        // No instance could take it: it waits and goes again, without using a try.
+        if (NOT_TRIED.has(answer.error.code)) return this.delay(item, this.options.defaults.retryDelay);
         return this.triedAndFailed(item, answer.error.status, answer.error.message, answer.instance, started, undefined);
       }
       let resultBody: ResultBody;
@@ -508,11 +509,6 @@ class JobRun {
     const backoff = Math.min(MAX_RETRY_DELAY_MS, this.options.defaults.retryDelay * 2 ** (tries - 1));
     const asked = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) * 1000 : 0;
     this.delay(item, Math.min(MAX_RETRY_DELAY_MS, Math.max(backoff, asked)));
-  }
-
-  /** No instance could take the item: it waits and goes again, without using a try. */
-  private wait(item: ItemRecord, _reason: string, _started: number): void {
-    this.delay(item, this.options.defaults.retryDelay);
   }
 
   private delay(item: ItemRecord, ms: number): void {
