@@ -1,7 +1,5 @@
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 
 /** Where a job's files live: result bodies larger than jobs.inlineLimit, results.jsonl, the joined output. */
 export class JobFiles {
@@ -75,12 +73,4 @@ async function syncDir(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
-}
-
-export function readBodyFile(file: string): Readable {
-  return createReadStream(file);
-}
-
-export async function readWhole(file: string): Promise<Buffer> {
-  return readFile(file);
 }

@@ -2,7 +2,6 @@ export { JobError, StoreError } from './errors.js';
 export { JobFiles } from './files.js';
 export { itemsInOrder, parseWav, resultBytes, resultLine } from './output.js';
 export { JobRunner, type JobView, type RunnerOptions } from './runner.js';
-export { compileSubmission, submissionSchema, type Submission } from './spec.js';
 export { SqliteJobStore } from './sqlite-store.js';
 export { ThreadedJobStore } from './threaded-store.js';
 export type { JobFilter, JobStore } from './store.js';

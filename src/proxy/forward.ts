@@ -108,7 +108,7 @@ interface Exchange {
   hooks: ProxyHooks;
   /** Aborted when the client leaves or timeouts.total passes; `ended` says which. */
   requestSignal: AbortSignal;
-  ended: { client: boolean; total: boolean };
+  ended: Ended;
   report: Report;
   /** The body, when it was read before (to fingerprint it). */
   read?: { body: Body; retryable: boolean };

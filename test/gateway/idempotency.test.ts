@@ -12,7 +12,7 @@ afterEach(closeAllGateways);
 async function gateway(latencyMs: number, extra = ''): Promise<{ gw: RunningGateway; record: string }> {
   const record = path.join(mkdtempSync(path.join(tmpdir(), 'understudy-record-')), 'requests.log');
   const ports = (await freePorts(2)) as [number, number];
-  const gw = await startGateway(twoInstanceConfig(ports, record, extra, latencyMs));
+  const gw = await startGateway(twoInstanceConfig(ports, record, { extra, latencyMs }));
   await gw.event((e) => e.type === 'instance-state' && e.instance === 'hot' && e.to === 'ready', 20_000, 'the hot standby');
   return { gw, record };
 }

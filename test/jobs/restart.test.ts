@@ -30,10 +30,11 @@ async function setup(latencyMs: number, concurrency: number): Promise<{ configFi
   const record = path.join(dir, 'requests.log');
   const ports = (await freePorts(2)) as [number, number];
   const configFile = path.join(dir, 'understudy.yaml');
-  const yaml = twoInstanceConfig(ports, record, `jobs: { retryDelay: 100ms, concurrency: ${concurrency} }`, latencyMs)
-    .replace('STATE', stateDir)
-    .replace('jobs: { retryDelay: 100ms }\n', '')
-    .replace('admin: { listen: "127.0.0.1:0" }', 'admin: { listen: "127.0.0.1:0" }\nlog: { level: warn }');
+  const yaml = twoInstanceConfig(ports, record, {
+    latencyMs,
+    jobs: `jobs: { retryDelay: 100ms, concurrency: ${concurrency} }`,
+    extra: 'log: { level: warn }',
+  }).replace('STATE', stateDir);
   writeFileSync(configFile, yaml);
   return { configFile, stateDir, record };
 }

@@ -13,7 +13,7 @@ afterEach(closeAllGateways);
 async function twoInstances(latencyMs = 20): Promise<{ gateway: RunningGateway; record: string }> {
   const record = path.join(mkdtempSync(path.join(tmpdir(), 'understudy-record-')), 'requests.log');
   const ports = (await freePorts(2)) as [number, number];
-  const gateway = await startGateway(twoInstanceConfig(ports, record, '', latencyMs));
+  const gateway = await startGateway(twoInstanceConfig(ports, record, { latencyMs }));
   await gateway.event((e) => e.type === 'instance-state' && e.instance === 'hot' && e.to === 'ready', 20_000, 'the hot standby');
   return { gateway, record };
 }

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, describe, expect, it, onTestFinished } from 'vitest';
-import { SqliteJobStore, StoreError, ThreadedJobStore } from '../../src/jobs/index.js';
+import { SqliteJobStore, StoreError, ThreadedJobStore, type JobStore } from '../../src/jobs/index.js';
 import type { ItemRecord, ItemRequest, ItemResult, JobOptions, NewJob } from '../../src/jobs/index.js';
 import { captureTail, terminate, waitForExit } from '../support/process.js';
 import { plain, storeConformance } from './store-conformance.js';
@@ -24,40 +24,29 @@ function storeFile(): string {
   return path.join(mkdtempSync(path.join(tmp, 's-')), 'jobs.db');
 }
 
-storeConformance(
-  'sqlite',
-  async () => {
-    const file = storeFile();
-    const store = SqliteJobStore.open(file);
-    return {
-      store,
-      location: file,
-      async cleanup() {
-        await store.close();
-        rmSync(path.dirname(file), { recursive: true, force: true });
-      },
-    };
-  },
-  async (file) => SqliteJobStore.open(file),
-);
+/** Runs the conformance suite on a store opened by `open`, each test in a fresh directory. */
+function conformance(name: string, open: (file: string) => Promise<JobStore>): void {
+  storeConformance(
+    name,
+    async () => {
+      const file = storeFile();
+      const store = await open(file);
+      return {
+        store,
+        location: file,
+        async cleanup() {
+          await store.close();
+          rmSync(path.dirname(file), { recursive: true, force: true });
+        },
+      };
+    },
+    open,
+  );
+}
 
+conformance('sqlite', async (file) => SqliteJobStore.open(file));
 // What Understudy runs: the same store on a worker thread, so commits never block the event loop.
-storeConformance(
-  'sqlite on a worker thread',
-  async () => {
-    const file = storeFile();
-    const store = await ThreadedJobStore.open(file);
-    return {
-      store,
-      location: file,
-      async cleanup() {
-        await store.close();
-        rmSync(path.dirname(file), { recursive: true, force: true });
-      },
-    };
-  },
-  async (file) => ThreadedJobStore.open(file),
-);
+conformance('sqlite on a worker thread', (file) => ThreadedJobStore.open(file));
 
 function job(id: string, items: ItemRequest[]): NewJob {
   return { id, service: 'svc', name: null, options: OPTIONS, items, key: null, fingerprint: `fp-${id}`, createdAt: 1_700_000_000_000 };

@@ -4,8 +4,15 @@ import type { JobView } from '../../src/jobs/index.js';
 import { MODEL_SERVER_PATH } from '../support/fixture.js';
 import type { RunningGateway } from '../support/gateway.js';
 
-/** YAML for one service `infer` with a primary and a hot standby run by Understudy, recording each request to `record`. */
-export function twoInstanceConfig(ports: [number, number], record: string, extra = '', latencyMs = 20): string {
+/**
+ * YAML for one service `infer` with a primary and a hot standby run by Understudy, recording each
+ * request to `record`. `jobs` replaces the jobs settings; `extra` is added at the top level.
+ */
+export function twoInstanceConfig(
+  ports: [number, number],
+  record: string,
+  { extra = '', latencyMs = 20, jobs = 'jobs: { retryDelay: 100ms }' }: { extra?: string; latencyMs?: number; jobs?: string } = {},
+): string {
   const instance = (name: string, tier: string, port: number) => `
       ${name}:
         tier: ${tier}
@@ -20,7 +27,7 @@ export function twoInstanceConfig(ports: [number, number], record: string, extra
   return `stateDir: STATE
 gateway: { listen: "127.0.0.1:0" }
 admin: { listen: "127.0.0.1:0" }
-jobs: { retryDelay: 100ms }
+${jobs}
 ${extra}
 services:
   infer:
