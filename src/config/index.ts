@@ -1,6 +1,12 @@
 export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 export { loadConfigFile, parseConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
 export type {
+  DeployConfig,
+  SmokeConfig,
+  BackupConfig,
+  DockerRuntimeConfig,
+  RetentionConfig,
+  ServiceBackupConfig,
   IdempotencyConfig,
   JobsConfig,
   ProcessRuntimeConfig,
@@ -9,3 +15,4 @@ export type {
   VersionProbeConfig,
 } from './schema.js';
 export { parseDuration, parseSize } from './units.js';
+export { atVersion, namesVersion, pathsAtVersion } from './version.js';

@@ -28,9 +28,12 @@ export interface ServiceConfig extends Omit<ParsedService, 'instances'> {
 }
 
 /** The compiled configuration: defaults applied, units in ms and bytes, paths absolute. */
-export interface Config extends Omit<ParsedConfig, 'services'> {
+export interface Config extends Omit<ParsedConfig, 'services' | 'backup' | 'docker'> {
   file: string;
   services: ServiceConfig[];
+  /** `dir` is absolute: backup.dir, or stateDir/snapshots. */
+  backup: ParsedConfig['backup'] & { dir: string };
+  docker: { socket: string };
 }
 
 /** The ready probe used when an instance names none: GET /health, as vLLM, TGI and most model servers answer. */
@@ -126,13 +129,24 @@ function compile(parsed: ParsedConfig, file: string): Config {
   const dir = path.dirname(file);
   const services = Object.entries(parsed.services).map(([name, service]): ServiceConfig => {
     const { instances, ...rest } = service;
+    const backup = rest.backup && { ...rest.backup, paths: rest.backup.paths.map((p) => path.resolve(dir, p)) };
     return {
       ...rest,
+      backup,
       name,
       instances: Object.entries(instances).map(([instanceName, raw]) => compileInstance(name, instanceName, raw, dir)),
     };
   });
-  return { ...parsed, file, stateDir: path.resolve(dir, parsed.stateDir), services };
+  const stateDir = path.resolve(dir, parsed.stateDir);
+  const dockerHost = process.env.DOCKER_HOST?.startsWith('unix://') ? process.env.DOCKER_HOST.slice('unix://'.length) : undefined;
+  return {
+    ...parsed,
+    file,
+    stateDir,
+    backup: { ...parsed.backup, dir: path.resolve(stateDir, parsed.backup.dir ?? 'snapshots') },
+    docker: { socket: parsed.docker.socket ?? dockerHost ?? '/var/run/docker.sock' },
+    services,
+  };
 }
 
 function compileInstance(service: string, name: string, raw: ParsedInstance, dir: string): InstanceConfig {
@@ -143,6 +157,12 @@ function compileInstance(service: string, name: string, raw: ParsedInstance, dir
   if (runtime.type === 'process') {
     const cwd = path.resolve(dir, runtime.cwd ?? '.');
     runtime = { ...runtime, cwd, requires: runtime.requires.map((p) => path.resolve(cwd, p)) };
+  } else if (runtime.type === 'docker') {
+    runtime = {
+      ...runtime,
+      requires: runtime.requires.map((p) => path.resolve(dir, p)),
+      volumes: runtime.volumes.map((v) => ({ ...v, host: path.resolve(dir, v.host) })),
+    };
   }
   return { ...raw, runtime, id: `${service}/${name}`, name, service, probes: { startup, ready } };
 }
@@ -199,12 +219,30 @@ function crossCheck(config: Config): Problem[] {
       });
     }
     for (const instance of service.instances) {
-      if (instance.tier === 'cold' && instance.runtime.type !== 'process') {
+      if (instance.tier === 'cold' && instance.runtime.type === 'external') {
         problems.push({
           at: at('instances', instance.name, 'tier'),
-          message: 'a cold standby must be started by Understudy: give it runtime.type: process',
+          message: 'a cold standby must be started by Understudy: give it runtime.type: process or docker',
         });
       }
+      if (!service.version && JSON.stringify(instance.runtime).includes('${version}')) {
+        problems.push({
+          at: at('instances', instance.name, 'runtime'),
+          message: 'uses ${version} but the service pins no version: set version.expect',
+        });
+      }
+      if (instance.runtime.type === 'docker' && instance.runtime.network === 'host' && instance.runtime.ports.length > 0) {
+        problems.push({
+          at: at('instances', instance.name, 'runtime', 'ports'),
+          message: 'with network: host the container uses this machine\'s ports directly; remove ports',
+        });
+      }
+    }
+    if (service.backup?.images && !service.instances.some((i) => i.runtime.type === 'docker')) {
+      problems.push({ at: at('backup', 'images'), message: 'the service has no docker instance whose image could be kept' });
+    }
+    if (service.backup?.images && config.backup.registry === undefined) {
+      problems.push({ at: at('backup', 'images'), message: 'image snapshots are pushed to a registry: set backup.registry' });
     }
   }
   return problems;

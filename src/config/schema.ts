@@ -1,3 +1,4 @@
+import { Cron } from 'croner';
 import { z } from 'zod';
 import { parseDuration, parseListen, parseSize } from './units.js';
 
@@ -143,14 +144,167 @@ const processRuntime = z.strictObject({
 
 const externalRuntime = z.strictObject({ type: z.literal('external') });
 
-const runtime = z.discriminatedUnion('type', [externalRuntime, processRuntime], {
-  error: (issue) => (issue.code === 'invalid_union' ? 'type must be "external" or "process"' : undefined),
+/** `[host-ip:]host-port:container-port[/tcp]`, as `docker run -p` takes it. */
+const portMapping = z.string().transform((value, ctx) => {
+  const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/.exec(value.trim());
+  const hostPort = Number(match?.[2]);
+  const containerPort = Number(match?.[3]);
+  if (!match || hostPort > 65535 || containerPort > 65535 || containerPort === 0) {
+    ctx.addIssue({ code: 'custom', message: `expected "[host-ip:]host-port:container-port" such as "127.0.0.1:7001:8000", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return { hostIp: match[1] ?? '127.0.0.1', hostPort, containerPort, protocol: (match[4] ?? 'tcp') as 'tcp' | 'udp' };
+});
+
+/** `host-path:container-path[:ro|:rw]`, as `docker run -v` takes it; the host path is relative to the config file. */
+const volumeMount = z.string().transform((value, ctx) => {
+  const parts = value.split(':');
+  const mode = parts.length === 3 ? parts[2] : 'rw';
+  if (parts.length < 2 || parts.length > 3 || !parts[0] || !parts[1]?.startsWith('/') || (mode !== 'ro' && mode !== 'rw')) {
+    ctx.addIssue({ code: 'custom', message: `expected "host-path:/container/path[:ro]", got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  }
+  return { host: parts[0], container: parts[1], readOnly: mode === 'ro' };
+});
+
+/** GPUs for the container, as `docker run --gpus` takes them: "all", a count, or device ids. */
+const GPUS_MESSAGE = 'expected "all", a count of 1 or more, or a list of device ids';
+const gpus = z
+  .union([z.literal('all'), z.number(), z.array(z.string().min(1)).min(1)], { error: GPUS_MESSAGE })
+  .refine((value) => typeof value !== 'number' || (Number.isInteger(value) && value >= 1), { message: GPUS_MESSAGE });
+
+const dockerRuntime = z.strictObject({
+  type: z.literal('docker'),
+  /** Image to run, e.g. "tts-server:1.4". Never pulled from outside unless `pull` says so. */
+  image: z.string().min(1),
+  /** Replaces the image's CMD. */
+  command: z.array(z.string()).optional(),
+  /** Replaces the image's ENTRYPOINT. */
+  entrypoint: z.array(z.string()).optional(),
+  env: z.record(z.string(), z.string()).default({}),
+  /** Published ports; the instance's url must reach one of them. Not used with network: host. */
+  ports: z.array(portMapping).default([]),
+  /** Bind mounts, e.g. "models/tts:/models:ro" (host path relative to the config file). */
+  volumes: z.array(volumeMount).default([]),
+  /** "bridge" (default, with published ports) or "host" (the container shares this machine's network). */
+  network: z.string().min(1).default('bridge'),
+  /** GPUs passed through (the `--gpus` equivalent); none unless set. */
+  gpus: gpus.optional(),
+  /** Run an init process as PID 1 that reaps zombies and forwards signals (`--init`). Default true. */
+  init: z.boolean().default(true),
+  /** Memory limit, e.g. "8GiB"; the container is killed past it. Default: no limit. */
+  memory: size.optional(),
+  /** Size of /dev/shm, e.g. "1GiB" (PyTorch data loaders need more than Docker's 64MiB). */
+  shmSize: size.optional(),
+  /** Container user, e.g. "1000:1000". Default: the image's. */
+  user: z.string().min(1).optional(),
+  /** When to pull the image: "never" (default: images are built or restored locally), "missing", "always". */
+  pull: z.enum(['never', 'missing', 'always']).default('never'),
+  /** Time between SIGTERM and SIGKILL when stopping. Default 10s. */
+  stopGrace: duration.default(10_000),
+  /** Paths on this machine that must exist before a start (e.g. the model directory), relative to the config file. */
+  requires: z.array(z.string().min(1)).default([]),
+  /** First delay before restarting a failed instance; doubles each time. Default 1s. */
+  restartDelay: duration.default(1000),
+  /** Longest delay between restarts. Default 30s. */
+  restartDelayMax: duration.default(30_000),
+});
+
+const runtime = z.discriminatedUnion('type', [externalRuntime, processRuntime, dockerRuntime], {
+  error: (issue) => (issue.code === 'invalid_union' ? 'type must be "external", "process" or "docker"' : undefined),
 });
 
 // ---------------------------------------------------------------- instances and services
 
 const tier = z.enum(['primary', 'hot', 'cold'], {
   error: (issue) => (issue.input === undefined ? 'is required' : 'must be one of primary, hot, cold'),
+});
+
+// ---------------------------------------------------------------- backups
+
+const cron = z.string().refine(
+  (value) => {
+    try {
+      new Cron(value, { paused: true }).stop();
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'expected a cron schedule such as "0 3 * * *" (minute hour day month weekday)' },
+);
+
+const retention = z.strictObject({
+  /** The newest snapshots kept, whatever their age. Default 5. */
+  last: count(0).default(5),
+  /** The newest snapshot of each of this many days that have one. Default 7. */
+  daily: count(0).default(7),
+  /** The newest snapshot of each of this many ISO weeks that have one. Default 4. */
+  weekly: count(0).default(4),
+});
+
+const RETENTION_DEFAULT = { last: 5, daily: 7, weekly: 4 };
+
+const serviceBackup = z.strictObject({
+  /** Files and directories an instance needs to serve (model directory, config, state), relative to the config file. */
+  paths: z.array(z.string().min(1)).default([]),
+  /** Also keep the container image of the service's docker instances (commit, tag, push to backup.registry). Default false. */
+  images: z.boolean().default(false),
+  /** When to take a snapshot, in cron syntax (e.g. "0 3 * * *" for 03:00 every day, local time). Default: no schedule. */
+  schedule: cron.optional(),
+  /** Take a snapshot when `understudy up` finds the service's config changed since the last one. Default true. */
+  onConfigChange: z.boolean().default(true),
+  /** This service's retention instead of backup.retention. */
+  retention: retention.optional(),
+});
+
+const backup = z.strictObject({
+  /** Where snapshots are kept. Default `snapshots` inside stateDir; a separate disk is better. */
+  dir: z.string().min(1).optional(),
+  /** Registry that image snapshots are pushed to, e.g. "127.0.0.1:5000". Needed by services with images: true. */
+  registry: z.string().min(1).optional(),
+  /** What prune keeps; the newest known-good snapshot of each service is always kept. */
+  retention: retention.default(RETENTION_DEFAULT),
+});
+
+// ---------------------------------------------------------------- deploys
+
+const smoke = z.strictObject({
+  method: z.enum(['GET', 'POST', 'PUT']).default('GET'),
+  /** Path requested on the new instance itself, before it gets traffic, e.g. "/v1/audio/speech". */
+  path: z.string().startsWith('/', { message: 'must start with "/"' }),
+  headers: z.record(z.string(), z.string()).default({}),
+  /** Request body: a string is sent as is, anything else as JSON. */
+  body: z.unknown().optional(),
+  /** Statuses that pass. Default: any 2xx. */
+  status: z.union([count(100), z.array(count(100)).min(1)]).optional(),
+  /** Text the answer must contain. */
+  contains: z.string().optional(),
+  /** Longest wait for the whole answer. Default 60s (a first request may load the model). */
+  timeout: positiveDuration.default(60_000),
+});
+
+const deploy = z.strictObject({
+  /**
+   * How long a new version is watched with the previous one kept ready; a version that
+   * survives it becomes known-good. Default 5m.
+   */
+  watch: positiveDuration.default(300_000),
+  /** A request each new instance must answer before it takes traffic. Default: none (health and version only). */
+  smoke: smoke.optional(),
+  rollback: z
+    .strictObject({
+      /** Roll back when this share of attempts on the new version fail (5xx, resets, timeouts). Default 0.1. */
+      errorRate: z.number().gt(0).max(1).default(0.1),
+      /** Attempts on the new version before the error rate is judged. Default 20. */
+      minRequests: count(1).default(20),
+      /**
+       * Roll back when instances on the new version go down (a crash, failing probes, passive
+       * ejection) this many times. Default 1: with the old version kept ready, one is enough.
+       */
+      downs: count(1).default(1),
+    })
+    .default({ errorRate: 0.1, minRequests: 20, downs: 1 }),
 });
 
 const instance = z.strictObject({
@@ -203,6 +357,10 @@ const service = z.strictObject({
       probe: versionProbe.default({ http: { path: '/version' }, timeout: 2000, interval: 60_000 }),
     })
     .optional(),
+  /** How `understudy deploy` rolls out a new version, and when it rolls back by itself. */
+  deploy: deploy.default({ watch: 300_000, rollback: { errorRate: 0.1, minRequests: 20, downs: 1 } }),
+  /** What is backed up for this service, and when. */
+  backup: serviceBackup.optional(),
   /** When traffic returns to the preferred instance after a failover. Default never (keepalived's nopreempt). */
   failback: failback.default({ policy: 'never' }),
   timeouts: z
@@ -322,6 +480,15 @@ export const configSchema = z.strictObject({
   }),
   /** Requests that carry an Idempotency-Key header are answered once per key. */
   idempotency: idempotency.default({ ttl: 86_400_000, maxResponse: 16 * MiB }),
+  /** Snapshots of known-good versions. */
+  backup: backup.default({ retention: RETENTION_DEFAULT }),
+  /** How the docker runtime reaches the Docker Engine. */
+  docker: z
+    .strictObject({
+      /** The engine's Unix socket. Default: $DOCKER_HOST when it is unix://…, else /var/run/docker.sock. */
+      socket: z.string().min(1).optional(),
+    })
+    .default({}),
   services: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'service names use letters, digits, - and _'), service),
 });
 
@@ -333,5 +500,11 @@ export type ReadyProbeConfig = z.output<typeof readyProbe>;
 export type StartupProbeConfig = z.output<typeof startupProbe>;
 export type VersionProbeConfig = z.output<typeof versionProbe>;
 export type ProcessRuntimeConfig = z.output<typeof processRuntime>;
+export type DockerRuntimeConfig = z.output<typeof dockerRuntime>;
 export type JobsConfig = z.output<typeof jobs>;
+export type DeployConfig = z.output<typeof deploy>;
+export type SmokeConfig = z.output<typeof smoke>;
+export type RetentionConfig = z.output<typeof retention>;
+export type BackupConfig = z.output<typeof backup>;
+export type ServiceBackupConfig = z.output<typeof serviceBackup>;
 export type IdempotencyConfig = z.output<typeof idempotency>;

@@ -86,6 +86,9 @@ export class ProcessRuntime implements Runtime {
     }
   }
 
+  /** Nothing to get ready ahead of time: a process starts from its command. */
+  async prepare(): Promise<void> {}
+
   /**
    * An Understudy that was SIGKILLed leaves its instances running (each is in its own
    * process group): they would hold the port and the GPU. Stops the one this runtime

@@ -2,9 +2,14 @@ import { UnderstudyError } from '../core/index.js';
 
 /** How an instance is run. One per instance; `start` and `stop` never overlap. */
 export interface Runtime {
-  readonly kind: 'external' | 'process';
+  readonly kind: 'external' | 'process' | 'docker';
   /** Starts the instance; rejects with a StartError when it cannot (a pre-start check failed). */
   start(): Promise<void>;
+  /**
+   * Makes a cold standby quick to start without running it: for docker, the container is
+   * created but not started. Never starts anything; rejects with a StartError when it cannot.
+   */
+  prepare(): Promise<void>;
   /** Stops the instance: SIGTERM, the grace period, then SIGKILL. Safe to call when stopped. */
   stop(): Promise<void>;
   /** Deals with what an earlier Understudy left behind (a process still running); called at boot for every instance. */
@@ -32,6 +37,7 @@ export class ExternalRuntime implements Runtime {
   readonly kind = 'external';
   readonly pid = undefined;
   async start(): Promise<void> {}
+  async prepare(): Promise<void> {}
   async stop(): Promise<void> {}
   async recover(): Promise<void> {}
   onExit(): void {}

@@ -63,3 +63,73 @@ describe('configuration', () => {
     ]);
   });
 });
+
+describe('docker runtime and backups', () => {
+  const docker = (runtime: string, extra = '', top = '') =>
+    `${top}services:\n  tts:\n    route: { listen: 18000 }\n${extra}    instances:\n      a:\n        tier: cold\n        url: "http://127.0.0.1:7001"\n        runtime: ${runtime}\n`;
+
+  it('reads a docker runtime like `docker run` takes it, with paths relative to the config file', () => {
+    const config = parseConfig(
+      docker(
+        '{ type: docker, image: "tts:1", ports: ["7001:8000"], volumes: ["models:/models:ro"], gpus: all, memory: 8GiB, shmSize: 1GiB, requires: [models] }',
+      ),
+      '/srv/u.yaml',
+    );
+    expect(config.services[0]!.instances[0]!.runtime).toEqual({
+      type: 'docker',
+      image: 'tts:1',
+      env: {},
+      ports: [{ hostIp: '127.0.0.1', hostPort: 7001, containerPort: 8000, protocol: 'tcp' }],
+      volumes: [{ host: '/srv/models', container: '/models', readOnly: true }],
+      network: 'bridge',
+      gpus: 'all',
+      init: true,
+      memory: 8 * 1024 ** 3,
+      shmSize: 1024 ** 3,
+      pull: 'never',
+      stopGrace: 10_000,
+      requires: ['/srv/models'],
+      restartDelay: 1000,
+      restartDelayMax: 30_000,
+    });
+    expect(config.docker.socket).toBe(process.env.DOCKER_HOST?.startsWith('unix://') ? process.env.DOCKER_HOST.slice(7) : '/var/run/docker.sock');
+    expect(config.backup).toEqual({ dir: '/srv/.understudy/snapshots', retention: { last: 5, daily: 7, weekly: 4 } });
+  });
+
+  it('names a bad port, volume, gpu request and network clash', () => {
+    expect(
+      mistakes(docker('{ type: docker, image: x, ports: ["7001"], volumes: ["models"], gpus: 0 }')),
+    ).toEqual([
+      '8:52 services.tts.instances.a.runtime.ports.0: expected "[host-ip:]host-port:container-port" such as "127.0.0.1:7001:8000", got "7001"',
+      '8:71 services.tts.instances.a.runtime.volumes.0: expected "host-path:/container/path[:ro]", got "models"',
+      '8:88 services.tts.instances.a.runtime.gpus: expected "all", a count of 1 or more, or a list of device ids',
+    ]);
+    expect(mistakes(docker('{ type: docker, image: x, network: host, ports: ["7001:8000"] }'))).toEqual([
+      "8:66 services.tts.instances.a.runtime.ports: with network: host the container uses this machine's ports directly; remove ports",
+    ]);
+  });
+
+  it('refuses ${version} in a runtime when the service pins no version', () => {
+    expect(mistakes(docker('{ type: docker, image: "tts:${version}" }'))).toEqual([
+      '8:18 services.tts.instances.a.runtime: uses ${version} but the service pins no version: set version.expect',
+    ]);
+  });
+
+  it('reads a service backup and refuses image snapshots without a registry or a docker instance', () => {
+    const config = parseConfig(
+      docker('{ type: docker, image: x }', '    backup: { paths: [models/tts], images: true, schedule: "0 3 * * *" }\n', 'backup: { registry: "127.0.0.1:5000", retention: { last: 2 } }\n'),
+      '/srv/u.yaml',
+    );
+    expect(config.services[0]!.backup).toEqual({ paths: ['/srv/models/tts'], images: true, schedule: '0 3 * * *', onConfigChange: true });
+    expect(config.backup.retention).toEqual({ last: 2, daily: 7, weekly: 4 });
+    expect(mistakes(docker('{ type: docker, image: x }', '    backup: { images: true, schedule: "every night" }\n'))).toEqual([
+      '4:39 services.tts.backup.schedule: expected a cron schedule such as "0 3 * * *" (minute hour day month weekday)',
+    ]);
+    expect(mistakes(docker('{ type: docker, image: x }', '    backup: { images: true }\n'))).toEqual([
+      '4:23 services.tts.backup.images: image snapshots are pushed to a registry: set backup.registry',
+    ]);
+    expect(mistakes(docker('{ type: process, command: [x] }', '    backup: { images: true }\n', 'backup: { registry: "r:5000" }\n'))).toEqual([
+      '5:23 services.tts.backup.images: the service has no docker instance whose image could be kept',
+    ]);
+  });
+});
