@@ -4,7 +4,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseDuration } from '../config/index.js';
-import type { Understudy } from '../controller/index.js';
+import { ReleaseError, type Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
 import { itemsInOrder, JobError, resultBytes, resultLine, StoreError, type JobState, type JobView } from '../jobs/index.js';
 import { tokenMatches } from './token.js';
@@ -20,6 +20,9 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   POST /v1/services/:service/switchover   {"to"?}      move traffic on purpose
  *   POST /v1/services/:service/instances/:name/drain     take out of rotation, then stop
  *   POST /v1/services/:service/instances/:name/resume    bring back a drained or quarantined instance
+ *   POST /v1/services/:service/deploy       {"version"}  roll a new version out (202; goes on in the background)
+ *   POST /v1/services/:service/rollback     {"to"?}      back to the newest known-good version (or "to")
+ *   GET  /v1/services/:service/releases                  current, known-good, history, the deploy running
  *
  *   POST /v1/jobs                    submit a job (Idempotency-Key: the same job for a repeat)
  *   GET  /v1/jobs?state=&service=&limit=
@@ -93,6 +96,16 @@ export class AdminServer {
       }
     }
 
+    const release = /^\/v1\/services\/([^/]+)\/(deploy|rollback|releases)$/.exec(url.pathname);
+    if (release) {
+      try {
+        return await this.release(req, res, decodeURIComponent(release[1]!), release[2] as 'deploy' | 'rollback' | 'releases');
+      } catch (error) {
+        if (error instanceof ReleaseError) return send(res, error.status, { error: { code: error.code, message: error.message } });
+        throw error;
+      }
+    }
+
     const command = /^\/v1\/services\/([^/]+)(?:\/instances\/([^/]+))?\/(switchover|drain|resume)$/.exec(url.pathname);
     if (req.method === 'POST' && command) {
       const [, serviceName, instance, verb] = command;
@@ -116,6 +129,35 @@ export class AdminServer {
       return send(res, 200, { ok: true, service: service.view() });
     }
     return notFound(res);
+  }
+
+  private async release(req: IncomingMessage, res: ServerResponse, name: string, verb: 'deploy' | 'rollback' | 'releases'): Promise<void> {
+    if (!this.app.service(name)) return send(res, 404, { error: { code: 'NO_SERVICE', message: `no service named ${name}` } });
+    if (verb === 'releases') {
+      if (req.method !== 'GET') return notFound(res);
+      const releases = this.app.releases.get(name);
+      return send(res, 200, {
+        service: name,
+        current: releases?.current ?? null,
+        knownGood: releases?.knownGood ?? [],
+        history: releases?.history ?? [],
+        running: this.app.deploys.view(name) ?? null,
+      });
+    }
+    if (req.method !== 'POST') return notFound(res);
+    const body = await readJson(req, 64 * 1024);
+    if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
+    const { version, to } = body as { version?: unknown; to?: unknown };
+    if (verb === 'deploy') {
+      if (typeof version !== 'string' || version.length === 0) {
+        return send(res, 400, { error: { code: 'BAD_FIELD', message: '"version" must name the version to deploy, e.g. {"version":"2.1"}' } });
+      }
+      return send(res, 202, { deploy: await this.app.deploys.deploy(name, version) });
+    }
+    if (to !== undefined && (typeof to !== 'string' || to.length === 0)) {
+      return send(res, 400, { error: { code: 'BAD_FIELD', message: '"to" must name a version' } });
+    }
+    return send(res, 202, { rollback: await this.app.deploys.rollback(name, 'rollback requested', to as string | undefined) });
   }
 
   private async jobs(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {

@@ -1,5 +1,5 @@
 import type { JobView } from '../api/index.js';
-import type { ServiceView } from '../controller/index.js';
+import type { DeployView, ReleaseRecord, ServiceView } from '../controller/index.js';
 import type { UnderstudyEvent } from '../core/index.js';
 
 /** Plain aligned columns, like `docker ps`. */
@@ -61,6 +61,24 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'item-failed':
       what = `job ${event.job} item ${event.item} failed${event.final ? '' : ' (will retry)'}`;
       break;
+    case 'deploy-started':
+      what = `deploy ${event.from} → ${event.to}`;
+      break;
+    case 'deploy-step':
+      what = `deploy of ${event.to}: ${event.step}${event.instance ? ` ${event.instance}` : ''}`;
+      break;
+    case 'deploy-failed':
+      what = `deploy ${event.from} → ${event.to} failed`;
+      break;
+    case 'deploy-finished':
+      what = `deploy of ${event.to} finished`;
+      break;
+    case 'rollback-started':
+      what = `rollback ${event.from} → ${event.to}`;
+      break;
+    case 'rollback-finished':
+      what = `rollback to ${event.to} ${event.ok ? `done in ${(event.durationMs / 1000).toFixed(1)}s` : 'failed'}`;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }
@@ -116,4 +134,28 @@ function duration(seconds: number): string {
   if (seconds < 60) return `${Math.round(seconds)}s`;
   if (seconds < 3600) return `${Math.floor(seconds / 60)}m${String(Math.round(seconds % 60)).padStart(2, '0')}s`;
   return `${Math.floor(seconds / 3600)}h${String(Math.floor((seconds % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+export interface ReleasesView {
+  service: string;
+  current: string | null;
+  knownGood: string[];
+  history: ReleaseRecord[];
+  running: DeployView | null;
+}
+
+/** A service's releases: what runs, what is known-good, the deploy running, the newest history first. */
+export function formatReleases(view: ReleasesView): string {
+  if (view.current === null) return `${view.service}: pins no version (set version.expect)`;
+  const lines = [`${view.service}: version ${view.current}; known-good: ${view.knownGood.join(', ') || 'none'}`];
+  if (view.running) {
+    const r = view.running;
+    const watch = r.watchUntil ? `, watched until ${new Date(r.watchUntil).toISOString()} (${r.failed}/${r.attempts} failed)` : '';
+    lines.push(`  running: ${r.kind} ${r.from} → ${r.to}, step ${r.step}${watch}`);
+  }
+  for (const record of [...view.history].reverse().slice(0, 10)) {
+    const when = new Date(record.startedAt).toISOString();
+    lines.push(`  ${when}  ${record.kind} ${record.from} → ${record.to}: ${record.outcome}${record.reason ? ` (${record.reason})` : ''}`);
+  }
+  return lines.join('\n');
 }

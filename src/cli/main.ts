@@ -4,7 +4,7 @@ import { AdminClient, AdminServer, ensureToken, tokenFile } from '../api/index.j
 import { ConfigError, loadConfigFile, parseDuration, type Config } from '../config/index.js';
 import { Understudy, type ServiceView } from '../controller/index.js';
 import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
-import { formatEvent, formatStatus } from './format.js';
+import { formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
 import { jobCommands } from './jobs.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
@@ -133,7 +133,83 @@ program
     if (events.length === 0 && !options.json) console.log('(no events)');
   });
 
+program
+  .command('deploy')
+  .description('roll a new version across a service: standbys first, each checked before traffic, the old version kept ready while it is watched')
+  .argument('<service>', 'the service')
+  .argument('<version>', 'the version to deploy; `${version}` in the instances\' runtime (image, command, paths) becomes it')
+  .option('--no-wait', 'return once the deploy has begun')
+  .option(...configOption)
+  .addHelpText(
+    'after',
+    `
+Steps: a snapshot of the running version (when the service has backups), then each standby
+moves to the new version and must start, report that version and answer the smoke request;
+traffic moves to it while the active instance keeps the old version ready. During the watch
+window (deploy.watch, default 5m) a crash, failing probes or an error rate over
+deploy.rollback.errorRate roll the service back without a person. A version that survives
+the window moves onto the rest and becomes known-good.
+
+Example:
+  understudy deploy tts 1.5          # waits, printing each step, until known-good or rolled back
+
+Exit status: 0 known-good, 3 rolled back, 1 the rollback itself failed.
+  understudy releases tts            # what runs now, known-good versions, history`,
+  )
+  .action(async (service: string, version: string, options: { wait: boolean; config: string }) => {
+    const admin = client(options.config);
+    await admin.call('POST', `/v1/services/${enc(service)}/deploy`, { version });
+    console.log(`${service}: deploying version ${version}`);
+    if (options.wait) process.exitCode = await followRelease(admin, service, 'deploy');
+  });
+
+program
+  .command('rollback')
+  .description('move a service back to its newest known-good version (or --to), ending a deploy that is running')
+  .argument('<service>', 'the service')
+  .option('--to <version>', 'the version to go back to')
+  .option('--no-wait', 'return once the rollback has begun')
+  .option(...configOption)
+  .action(async (service: string, options: { to?: string; wait: boolean; config: string }) => {
+    const admin = client(options.config);
+    const { rollback } = await admin.call<{ rollback: { to: string } }>('POST', `/v1/services/${enc(service)}/rollback`, options.to ? { to: options.to } : {});
+    console.log(`${service}: rolling back to version ${rollback.to}`);
+    if (options.wait) process.exitCode = await followRelease(admin, service, 'rollback');
+  });
+
+program
+  .command('releases')
+  .description('show the version a service runs, its known-good versions, the deploy running and the history')
+  .argument('<service>', 'the service')
+  .option('--json', 'print the raw JSON')
+  .option(...configOption)
+  .action(async (service: string, options: { json?: boolean; config: string }) => {
+    const view = await client(options.config).call<ReleasesView>('GET', `/v1/services/${enc(service)}/releases`);
+    console.log(options.json ? JSON.stringify(view, null, 2) : formatReleases(view));
+  });
+
 program.addCommand(jobCommands(configOption, client));
+
+/** Prints the steps of a deploy or rollback until it ends; the exit code says how it ended. */
+async function followRelease(admin: AdminClient, service: string, kind: 'deploy' | 'rollback'): Promise<number> {
+  const since = Date.now() - 1000;
+  const printed = new Set<string>();
+  for (;;) {
+    const query = new URLSearchParams({ service, since: String(since), limit: '1000' });
+    const { events } = await admin.call<{ events: UnderstudyEvent[] }>('GET', `/v1/events?${query}`);
+    for (const event of events) {
+      if (!event.type.startsWith('deploy-') && !event.type.startsWith('rollback-')) continue;
+      const key = `${event.time} ${event.type} ${event.reason}`;
+      if (printed.has(key)) continue;
+      printed.add(key);
+      console.log(formatEvent(event));
+      if (event.type === 'deploy-finished') return 0;
+      // A deploy that ended in a rollback did not do what was asked: exit 3.
+      if (event.type === 'rollback-finished') return !event.ok ? 1 : kind === 'deploy' ? 3 : 0;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
 
 function load(file: string): Config {
   return loadConfigFile(file);

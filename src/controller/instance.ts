@@ -22,9 +22,15 @@ export class InstanceHandle {
   probeTimer: Timer | undefined;
   versionTimer: Timer | undefined;
 
+  /** Attempts that ended on this instance since `release` began, for a deploy's error rate. */
+  outcomes: { attempts: number; failed: number; firstFailedAt: number | undefined } = { attempts: 0, failed: 0, firstFailedAt: undefined };
+
   constructor(
     readonly config: InstanceConfig,
-    readonly runtime: Runtime,
+    /** Replaced when a deploy or rollback moves the instance to another version. */
+    public runtime: Runtime,
+    /** The version this instance's runtime was made for (`${version}` resolved); undefined when none is pinned. */
+    public release: string | undefined,
     passive: ConstructorParameters<typeof PassiveDetector>[0],
   ) {
     this.url = new URL(config.url);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { ServiceConfig } from '../config/index.js';
+import { atVersion, type InstanceConfig, type ServiceConfig } from '../config/index.js';
 import {
   initialState,
   isRoutable,
@@ -15,12 +15,14 @@ import {
 } from '../core/index.js';
 import { readVersion, runProbe, type AttemptOutcome } from '../health/index.js';
 import { InstanceDownError, ProxyError, type Attempt, type Upstreams } from '../proxy/index.js';
-import { createRuntime, StartError } from '../runtime/index.js';
+import { createRuntime, StartError, type Runtime } from '../runtime/index.js';
 import { InstanceHandle } from './instance.js';
 
 export interface ServiceDeps {
   clock: Clock;
   stateDir: string;
+  /** The Docker Engine's socket, for docker instances. */
+  dockerSocket?: string;
   publish(event: UnderstudyEvent): void;
   onProbe(instance: string, probe: string, ok: boolean, ms: number): void;
   onQueue(depth: number): void;
@@ -59,6 +61,8 @@ export interface ServiceView {
   mode: string;
   queued: number;
   expectedVersion: string | null;
+  /** The pinned version first; two while a deploy keeps the previous one ready. */
+  admittedVersions: string[];
   instances: InstanceView[];
 }
 
@@ -72,6 +76,7 @@ export class ServiceController implements Upstreams {
   private readonly handles = new Map<string, InstanceHandle>();
   private readonly waiters: Waiter[] = [];
   private tickTimer: Timer | undefined;
+  private readonly stateWatchers = new Set<() => void>();
   private closed = false;
 
   constructor(
@@ -79,29 +84,154 @@ export class ServiceController implements Upstreams {
     private readonly deps: ServiceDeps,
   ) {
     this.state = initialState(config, deps.clock.now());
+    const release = config.version?.expect;
     for (const instance of config.instances) {
-      const onOrphan = (pid: number, reason: string) =>
-        deps.publish({
-          type: 'orphan-stopped',
-          instance: instance.name,
-          pid,
-          reason,
-          time: deps.clock.now(),
-          service: config.name,
-          traceId: randomBytes(8).toString('hex'),
-        });
-      const handle = new InstanceHandle(instance, createRuntime(instance, deps.stateDir, onOrphan), config.passive);
-      handle.runtime.onExit((code, signal) => this.dispatch({ type: 'exited', instance: instance.name, code, signal }));
+      const handle = new InstanceHandle(instance, this.runtimeFor(instance, release), release, config.passive);
+      this.watchExit(handle);
       this.handles.set(instance.name, handle);
     }
   }
 
-  boot(): void {
+  /** The version the service is pinned to now (a deploy or rollback changes it), or undefined. */
+  get release(): string | undefined {
+    return this.state.expected[0];
+  }
+
+  /**
+   * Starts the service's instances. `release` is the version to run when a deploy or
+   * rollback left another than the config's (see ReleaseBook).
+   */
+  boot(release?: string): void {
+    if (release !== undefined && release !== this.release) {
+      for (const handle of this.handles.values()) {
+        handle.runtime = this.runtimeFor(handle.config, release);
+        handle.release = release;
+        this.watchExit(handle);
+      }
+      this.dispatch({ type: 'expect', versions: [release] });
+    }
     // Cold standbys too: one left running by a killed Understudy holds its port and GPU until stopped.
     for (const handle of this.handles.values()) {
-      handle.runtime.recover().catch((error: unknown) => this.deps.onError(`could not check ${handle.config.name} for a process left running`, error));
+      const name = handle.config.name;
+      const recovered = handle.runtime.recover();
+      recovered.catch((error: unknown) => this.deps.onError(`could not check ${name} for a process left running`, error));
+      if (handle.config.tier === 'cold') {
+        // A cold standby made ready to start (a created, stopped container) starts in a fraction of the time.
+        void recovered
+          .then(() => handle.runtime.prepare())
+          .catch((error: unknown) => this.deps.onError(`could not prepare the cold standby ${name}`, error));
+      }
     }
     this.dispatch({ type: 'boot' });
+  }
+
+  /** The runtime that runs `instance` at `version`. */
+  private runtimeFor(instance: InstanceConfig, version: string | undefined): Runtime {
+    const onOrphan = (pid: number, reason: string) =>
+      this.deps.publish({
+        type: 'orphan-stopped',
+        instance: instance.name,
+        pid,
+        reason,
+        time: this.deps.clock.now(),
+        service: this.config.name,
+        traceId: randomBytes(8).toString('hex'),
+      });
+    const resolved = version === undefined ? instance : atVersion(instance, version);
+    return createRuntime(resolved, this.deps.stateDir, onOrphan, { dockerSocket: this.deps.dockerSocket });
+  }
+
+  private watchExit(handle: InstanceHandle): void {
+    const runtime = handle.runtime;
+    runtime.onExit((code, signal) => {
+      // An exit of a runtime already replaced by a deploy is the old version going: expected.
+      if (handle.runtime === runtime) this.dispatch({ type: 'exited', instance: handle.config.name, code, signal });
+    });
+  }
+
+  /** Instance names, and the version each one's runtime runs. */
+  releases(): Map<string, string | undefined> {
+    return new Map([...this.handles].map(([name, handle]) => [name, handle.release]));
+  }
+
+  /** Attempts and failed attempts on an instance since it last changed version. */
+  outcomes(instance: string): { attempts: number; failed: number; firstFailedAt: number | undefined } {
+    return { ...this.handles.get(instance)!.outcomes };
+  }
+
+  /** What the machine knows now (a copy is not made: do not change it). */
+  snapshotState(): ServiceStatus {
+    return this.state;
+  }
+
+  /**
+   * Resolves with the state once `ready` says so, checked after every change; rejects
+   * after `timeoutMs`, on abort, or when Understudy shuts down.
+   */
+  waitFor(ready: (state: ServiceStatus) => boolean, timeoutMs: number, signal?: AbortSignal, what = 'the service'): Promise<ServiceStatus> {
+    if (ready(this.state)) return Promise.resolve(this.state);
+    return new Promise((resolve, reject) => {
+      const done = (error?: Error) => {
+        this.stateWatchers.delete(check);
+        timer.cancel();
+        signal?.removeEventListener('abort', onAbort);
+        if (error) reject(error);
+        else resolve(this.state);
+      };
+      const check = () => {
+        if (this.closed) done(new Error('Understudy is shutting down'));
+        else if (ready(this.state)) done();
+      };
+      const onAbort = () => done(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
+      const timer = this.deps.clock.setTimeout(() => done(new Error(`${what} did not happen within ${timeoutMs}ms`)), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.stateWatchers.add(check);
+    });
+  }
+
+  /**
+   * Moves one instance to `version`: holds it out of traffic (the active one hands its
+   * traffic over first; in-flight requests finish), stops it, replaces its runtime, and,
+   * when `start` is true, starts it and waits until it is ready and its version is read.
+   * Resolves with the version it reports; rejects when it fails to start or is refused.
+   */
+  async reinstall(name: string, version: string, options: { start: boolean; signal?: AbortSignal }): Promise<string | undefined> {
+    const handle = this.handles.get(name);
+    if (!handle) throw new Error(`service ${this.config.name} has no instance ${name}`);
+    const status = () => this.state.instances[name]!;
+    if (!(status().maintenance && status().state === 'stopped')) {
+      const refused = this.dispatch({ type: 'drain', instance: name });
+      if (refused !== undefined) throw new Error(refused);
+    }
+    await this.waitFor((s) => s.instances[name]!.state === 'stopped', this.config.timeouts.total, options.signal, `${name} draining`);
+    await handle.runtime.stop();
+    handle.runtime = this.runtimeFor(handle.config, version);
+    handle.release = version;
+    handle.outcomes = { attempts: 0, failed: 0, firstFailedAt: undefined };
+    this.watchExit(handle);
+    if (!options.start) {
+      const refused = this.dispatch({ type: 'resume', instance: name, start: false });
+      if (refused !== undefined) throw new Error(refused);
+      await handle.runtime.prepare();
+      return undefined;
+    }
+    const refused = this.dispatch({ type: 'resume', instance: name });
+    if (refused !== undefined) throw new Error(refused);
+    const budget = handle.config.probes.startup.budget;
+    const settled = await this.waitFor(
+      (s) => {
+        const i = s.instances[name]!;
+        const failed = i.state === 'down' || i.state === 'quarantined' || i.state === 'stopped';
+        const up = (i.state === 'ready' || i.state === 'suspect') && (this.config.version === undefined || i.version !== undefined);
+        return failed || up;
+      },
+      budget + (this.config.version?.probe.timeout ?? 0) + 5000,
+      options.signal,
+      `${name} starting at version ${version}`,
+    );
+    const after = settled.instances[name]!;
+    if (after.state !== 'ready' && after.state !== 'suspect') throw new Error(`${name} did not start at version ${version}: ${after.reason}`);
+    return after.version;
   }
 
   /** Feeds one input to the machine; returns why a command was refused, if it was. */
@@ -124,6 +254,7 @@ export class ServiceController implements Upstreams {
     for (const handle of this.handles.values()) this.scheduleProbes(handle);
     this.serveWaiters();
     this.checkDrained();
+    for (const watcher of [...this.stateWatchers]) watcher();
     return undefined;
   }
 
@@ -174,7 +305,8 @@ export class ServiceController implements Upstreams {
       active: this.state.active,
       mode: this.state.mode,
       queued: this.waiters.length,
-      expectedVersion: this.config.version?.expect ?? null,
+      expectedVersion: this.state.expected[0] ?? null,
+      admittedVersions: this.state.expected,
       instances: this.config.instances.map((instance) => {
         const status = this.state.instances[instance.name]!;
         const handle = this.handles.get(instance.name)!;
@@ -201,6 +333,7 @@ export class ServiceController implements Upstreams {
     if (this.closed) return;
     this.closed = true;
     this.tickTimer?.cancel();
+    for (const watcher of [...this.stateWatchers]) watcher();
     for (const waiter of [...this.waiters]) {
       waiter.cleanup();
       waiter.reject(this.unavailable('Understudy is shutting down'));
@@ -299,6 +432,13 @@ export class ServiceController implements Upstreams {
         finished = true;
         slowTimer?.cancel();
         handle.inflight.delete(abort);
+        if (handle.generation === generation && outcome !== 'client-abort' && outcome !== 'bad-request') {
+          handle.outcomes.attempts += 1;
+          if (outcome !== 'ok') {
+            handle.outcomes.failed += 1;
+            handle.outcomes.firstFailedAt ??= this.deps.clock.now();
+          }
+        }
         const verdict = handle.generation === generation ? handle.passive.onOutcome(outcome, detail) : undefined;
         if (verdict) this.dispatch({ type: 'passive', instance: name, hard: verdict.hard, reason: verdict.reason });
         this.checkDrained();

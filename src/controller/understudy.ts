@@ -5,6 +5,8 @@ import { systemClock, type Clock, type UnderstudyEvent } from '../core/index.js'
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
 import { Gateway, Idempotency, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
+import { Deployer } from './deploy.js';
+import { ReleaseBook, ReleaseError } from './releases.js';
 import { ServiceController, type ServiceView } from './service.js';
 
 type Lifecycle = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
@@ -21,9 +23,12 @@ export class Understudy {
   private readonly gateway: Gateway;
   private readonly proxyHooks: ProxyHooks;
   private store: JobStore | undefined;
+  private book: ReleaseBook | undefined;
+  private deployer: Deployer | undefined;
   private runner: JobRunner | undefined;
   private pruneTimer: NodeJS.Timeout | undefined;
   private lifecycle: Lifecycle = 'created';
+  private readonly clock: Clock;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -31,6 +36,7 @@ export class Understudy {
     private readonly options: { clock?: Clock; log?: Logger; store?: () => Promise<JobStore> } = {},
   ) {
     const clock = options.clock ?? systemClock;
+    this.clock = clock;
     this.log = options.log ?? createLogger(config.log.level);
     this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'), (error) =>
       this.log.error({ err: error }, 'could not write the event log; events are kept in memory'),
@@ -45,6 +51,7 @@ export class Understudy {
         new ServiceController(service, {
           clock,
           stateDir: config.stateDir,
+          dockerSocket: config.docker.socket,
           publish: (event) => this.events.publish(event),
           onProbe: (instance, probe, ok, ms) =>
             this.metrics.probeDuration.observe({ ...labels, instance, probe, result: ok ? 'ok' : 'fail' }, ms / 1000),
@@ -68,6 +75,18 @@ export class Understudy {
   get jobs(): JobRunner {
     if (!this.runner) throw new JobError('NOT_RUNNING', 'Understudy is not running', 503);
     return this.runner;
+  }
+
+  /** Deploys and rollbacks; there once Understudy has started. */
+  get deploys(): Deployer {
+    if (!this.deployer) throw new ReleaseError('DEPLOY_REFUSED', 'Understudy is not running', 503);
+    return this.deployer;
+  }
+
+  /** What each service runs and has run; there once Understudy has started. */
+  get releases(): ReleaseBook {
+    if (!this.book) throw new ReleaseError('DEPLOY_REFUSED', 'Understudy is not running', 503);
+    return this.book;
   }
 
   service(name: string): ServiceController | undefined {
@@ -101,8 +120,27 @@ export class Understudy {
       }, Math.min(ttl, 3_600_000));
       this.pruneTimer.unref();
       this.runner = this.createRunner(store);
+      const book = await ReleaseBook.open(path.join(this.config.stateDir, 'releases.json'));
+      this.book = book;
+      this.deployer = new Deployer({
+        services: (name) => this.services.get(name),
+        book,
+        clock: this.clock,
+        publish: (service, event) => this.events.publish({ ...event, service, time: this.clock.now(), traceId: randomBytes(8).toString('hex') }),
+        onError: (message, error) => this.log.error({ err: error }, message),
+      });
+      const changed: { service: string; version: string }[] = [];
+      const releases = new Map<string, string>();
+      for (const service of this.config.services) {
+        if (!service.version) continue;
+        const adopted = book.adopt(service.name, service.version.expect);
+        releases.set(service.name, adopted.current);
+        if (adopted.configChanged) changed.push({ service: service.name, version: service.version.expect });
+      }
+      await book.save();
       await this.gateway.start();
-      for (const service of this.services.values()) service.boot();
+      for (const [name, service] of this.services) service.boot(releases.get(name));
+      for (const { service, version } of changed) void this.deployChangedConfig(service, version);
       await this.runner.start();
       this.lifecycle = 'running';
     } catch (error) {
@@ -126,6 +164,8 @@ export class Understudy {
       clearInterval(this.pruneTimer);
       // Jobs first: their items in flight are abandoned, to run again at the next start.
       await step('stopping jobs', async () => this.runner?.close());
+      // A deploy cut short is not resumed: the next start runs the version last recorded as current.
+      await step('stopping deploys', async () => this.deployer?.close());
       await step('closing the gateway', () => this.gateway.close(deadlineMs));
       await step('stopping services', async () => {
         await Promise.all([...this.services.values()].map((service) => service.close()));
@@ -135,6 +175,19 @@ export class Understudy {
       this.lifecycle = 'stopped';
     })();
     return this.closing;
+  }
+
+  /** version.expect changed in the config since the last start: that is a deploy, once the service serves. */
+  private async deployChangedConfig(name: string, version: string): Promise<void> {
+    const service = this.services.get(name)!;
+    try {
+      await service.waitFor((s) => s.active !== null, Math.max(...service.config.instances.map((i) => i.probes.startup.budget)), undefined, `${name} serving`);
+      if (service.release === version) return;
+      this.releases.setCurrent(name, service.release!, version);
+      await this.deploys.deploy(name, version, `version.expect changed to ${version} in ${this.config.file}`);
+    } catch (error) {
+      this.log.error({ err: error, service: name }, `could not deploy version ${version} from the config`);
+    }
   }
 
   private createRunner(store: JobStore): JobRunner {

@@ -3,6 +3,7 @@ export { byPreference, initialState, isRoutable, nextDeadline, routable, step } 
 export type {
   Action,
   ActiveMode,
+  DeployStep,
   EventBody,
   EventType,
   Input,

@@ -44,7 +44,8 @@ export function initialState(config: ServiceConfig, now: number): ServiceStatus 
       maintenance: false,
     };
   }
-  return { name: config.name, active: null, mode: 'normal', everActive: false, instances };
+  const expected = config.version ? [config.version.expect] : [];
+  return { name: config.name, active: null, mode: 'normal', everActive: false, expected, instances };
 }
 
 /** Instances ordered by preference: tier, then priority (lower first), then name. */
@@ -141,7 +142,9 @@ class Run {
           this.enter(instance, 'stopped', 'drained for maintenance');
         });
       case 'resume':
-        return this.withInstance(input.instance, (instance) => this.resume(instance));
+        return this.withInstance(input.instance, (instance) => this.resume(instance, input.start ?? true));
+      case 'expect':
+        return this.expect(input.versions);
     }
   }
 
@@ -269,21 +272,40 @@ class Run {
   }
 
   private version(instance: InstanceStatus, version: string | undefined, detail: string): void {
-    const expected = this.config.version?.expect;
-    if (expected === undefined) return;
+    const { expected } = this.state;
+    if (this.config.version === undefined) return;
     // A failed read of an instance already known to serve the right version says nothing
     // about the model: the ready probe judges its health. It is read again soon.
-    if (version === undefined && instance.admitted && instance.version === expected) return;
+    if (version === undefined && instance.admitted && instance.version !== undefined && expected.includes(instance.version)) return;
     instance.version = version;
-    instance.admitted = version === expected;
+    this.admit(instance, version === undefined ? `version unreadable: ${detail}` : undefined);
+  }
+
+  /** Admits the instance when its known version is expected; otherwise says why not, once. */
+  private admit(instance: InstanceStatus, unreadable?: string): void {
+    const { expected } = this.state;
+    const version = instance.version;
+    instance.admitted = version !== undefined && expected.includes(version);
     if (instance.admitted) {
       instance.versionProblem = undefined;
       return;
     }
-    const why = version === undefined ? `version unreadable: ${detail}` : `serves version ${version}, expected ${expected}`;
+    const wanted = expected.join(' or ');
+    const why = unreadable ?? `serves version ${version ?? 'unknown'}, expected ${wanted}`;
     if (why === instance.versionProblem) return;
     instance.versionProblem = why;
-    this.emit({ type: 'version-mismatch', instance: instance.name, expected, actual: version ?? null, reason: `${why}; not admitted` });
+    this.emit({ type: 'version-mismatch', instance: instance.name, expected: wanted, actual: version ?? null, reason: `${why}; not admitted` });
+  }
+
+  private expect(versions: string[]): string | undefined {
+    if (this.config.version === undefined) return `service ${this.state.name} pins no version (set version.expect)`;
+    if (versions.length === 0 || versions.some((v) => v.length === 0)) return 'name at least one version';
+    this.state.expected = [...new Set(versions)];
+    for (const instance of this.instances()) {
+      // Instances whose version was never read are admitted by their first read, as at start.
+      if (instance.version !== undefined) this.admit(instance);
+    }
+    return undefined;
   }
 
   private passive(instance: InstanceStatus, hard: boolean, reason: string): void {
@@ -332,7 +354,7 @@ class Run {
     this.enter(instance, 'down', reason);
     if (!instance.supervised) return;
     const runtime = this.spec(instance).runtime;
-    if (runtime.type !== 'process') return;
+    if (runtime.type === 'external') return;
     this.actions.push({ type: 'stop', instance: instance.name, reason });
     const delayMs = Math.min(runtime.restartDelay * 2 ** instance.restarts, runtime.restartDelayMax);
     instance.restarts += 1;
@@ -389,6 +411,12 @@ class Run {
 
   private drain(instance: InstanceStatus): string | undefined {
     if (instance.maintenance) return `${instance.name} is already ${instance.state} for maintenance`;
+    if (instance.state === 'stopped') {
+      // A stopped cold standby is held where it is: not started on demand until resumed.
+      instance.maintenance = true;
+      instance.reason = 'held for maintenance';
+      return undefined;
+    }
     if (!RUNNING.has(instance.state) && instance.state !== 'down') return `${instance.name} is ${instance.state}`;
     if (this.state.active === instance.name) {
       const rejected = this.switchover(undefined);
@@ -400,14 +428,16 @@ class Run {
     return undefined;
   }
 
-  private resume(instance: InstanceStatus): string | undefined {
+  private resume(instance: InstanceStatus, start: boolean): string | undefined {
     if (!instance.maintenance && instance.state !== 'quarantined') {
       return `${instance.name} is ${instance.state}; only a drained, stopped or quarantined instance can be resumed`;
     }
+    if (!start && instance.state !== 'stopped') return `${instance.name} is ${instance.state}; only a stopped instance can stay stopped`;
     instance.maintenance = false;
     instance.failureTimes = [];
     instance.restarts = 0;
-    this.start(instance, 'resumed');
+    if (start) this.start(instance, 'resumed');
+    else instance.reason = 'back in its place, stopped';
     return undefined;
   }
 }

@@ -20,7 +20,7 @@ export interface InstanceStatus {
   failures: number;
   /** The version the instance last reported; undefined until read. */
   version: string | undefined;
-  /** Serves the service's pinned version (always true when none is pinned). */
+  /** Serves a version the service admits (always true when none is pinned). */
   admitted: boolean;
   /** The version problem last reported, so a problem that persists is reported once, not at every read. */
   versionProblem: string | undefined;
@@ -51,6 +51,11 @@ export interface ServiceStatus {
   mode: ActiveMode;
   /** Whether the service ever had an active instance (the first choice is `initial`). */
   everActive: boolean;
+  /**
+   * Versions an instance may serve to be admitted, the service's pinned one first;
+   * two only while a deploy watches a new version with the old one kept ready. Empty when none is pinned.
+   */
+  expected: string[];
   instances: Record<string, InstanceStatus>;
 }
 
@@ -72,7 +77,24 @@ export type EventBody =
   | { type: 'orphan-stopped'; instance: string; pid: number; reason: string }
   | { type: 'job-state'; job: string; from: JobState | null; to: JobState; done: number; total: number; reason: string }
   | { type: 'job-resumed'; job: string; done: number; total: number; reason: string }
-  | { type: 'item-failed'; job: string; item: number; attempts: number; status: number | null; final: boolean; reason: string };
+  | { type: 'item-failed'; job: string; item: number; attempts: number; status: number | null; final: boolean; reason: string }
+  | { type: 'deploy-started'; from: string; to: string; reason: string }
+  | { type: 'deploy-step'; to: string; instance: string | null; step: DeployStep; reason: string }
+  | { type: 'deploy-failed'; from: string; to: string; reason: string }
+  | { type: 'deploy-finished'; to: string; reason: string }
+  | { type: 'rollback-started'; from: string; to: string; reason: string }
+  | {
+      type: 'rollback-finished';
+      from: string;
+      to: string;
+      /** From the first failure seen on the bad version (or the rollback's start) to `to` serving everywhere. */
+      durationMs: number;
+      ok: boolean;
+      reason: string;
+    };
+
+/** The steps of a deploy, in order: see docs/recovery.md. */
+export type DeployStep = 'backup' | 'upgrade' | 'smoke' | 'switch' | 'watch' | 'complete' | 'known-good';
 
 export type EventType = EventBody['type'];
 
@@ -91,7 +113,10 @@ export type Input =
   | { type: 'switchover'; to: string | undefined }
   | { type: 'drain'; instance: string }
   | { type: 'drained'; instance: string }
-  | { type: 'resume'; instance: string };
+  /** Ends maintenance; `start: false` leaves a stopped instance stopped (a cold standby back in its place). */
+  | { type: 'resume'; instance: string; start?: boolean }
+  /** A deploy or rollback changes which versions are admitted. */
+  | { type: 'expect'; versions: string[] };
 
 /** What the machine asks the controller to do. */
 export type Action =

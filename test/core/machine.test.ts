@@ -340,6 +340,28 @@ describe('switchover and drain', () => {
     expect(h.state.active).toBe('hot'); // the switchover pinned it
   });
 
+  it('holds a stopped cold standby out of use, and puts it back stopped', () => {
+    const calm = booted();
+    calm.send({ type: 'drain', instance: 'cold' });
+    calm.send({ type: 'resume', instance: 'cold', start: false });
+    expect(calm.stateOf('cold')).toBe('stopped');
+    expect(calm.take().filter((a) => a.type === 'start')).toEqual([]);
+
+    const h = booted();
+    expect(h.send({ type: 'drain', instance: 'cold' })).toBeUndefined();
+    expect(h.state.instances.cold!.maintenance).toBe(true);
+    // Everything else fails: the held cold standby is not started on demand.
+    h.send({ type: 'exited', instance: 'primary', code: 1, signal: null });
+    h.send({ type: 'probe', instance: 'hot', probe: 'ready', ok: false, detail: 'x' });
+    h.send({ type: 'passive', instance: 'hot', hard: true, reason: 'reset' });
+    expect(h.take().filter((a) => a.type === 'start' && a.instance === 'cold')).toEqual([]);
+    expect(h.send({ type: 'resume', instance: 'cold', start: false })).toBeUndefined();
+    expect(h.state.instances.cold!.maintenance).toBe(false);
+    // Back in its place: with nothing ready, it is started on demand at once.
+    expect(h.stateOf('cold')).toBe('starting');
+    expect(h.send({ type: 'resume', instance: 'primary', start: false })).toMatch(/only a drained, stopped or quarantined instance/);
+  });
+
   it('refuses to drain the only ready instance', () => {
     const h = booted(service({ drop: ['hot'] }));
     expect(h.send({ type: 'drain', instance: 'primary' })).toBe(
@@ -498,6 +520,46 @@ describe('review findings', () => {
     h.send({ type: 'resume', instance: 'primary' });
     h.ready('primary');
     expect(h.state.active).toBe('hot'); // failback: never
+  });
+});
+
+describe('admitted versions during a deploy', () => {
+  it('admits the new version next to the old one, then only the one named', () => {
+    const h = booted(service({ version: '1.0', drop: ['cold'] }));
+    // The standby is upgraded: not admitted while only 1.0 is expected.
+    h.send({ type: 'version', instance: 'hot', version: '2.0', detail: '200' });
+    expect(h.state.instances.hot!.admitted).toBe(false);
+    h.take();
+
+    expect(h.send({ type: 'expect', versions: ['2.0', '1.0'] })).toBeUndefined();
+    expect(h.state.expected).toEqual(['2.0', '1.0']);
+    expect(h.state.instances.hot!.admitted).toBe(true);
+    expect(h.state.instances.primary!.admitted).toBe(true);
+    expect(h.send({ type: 'switchover', to: 'hot' })).toBeUndefined();
+    expect(h.state.active).toBe('hot');
+    h.take();
+
+    // Rollback: 2.0 is refused again, and traffic goes back to the instance on 1.0 at once.
+    h.send({ type: 'expect', versions: ['1.0'] });
+    expect(h.state.instances.hot!.admitted).toBe(false);
+    expect(h.state.active).toBe('primary');
+    const events = h.events();
+    expect(events).toContainEqual({
+      type: 'version-mismatch',
+      instance: 'hot',
+      expected: '1.0',
+      actual: '2.0',
+      reason: 'serves version 2.0, expected 1.0; not admitted',
+    });
+    expect(events.filter((e) => e.type === 'active-changed').map((e) => e.type === 'active-changed' && e.kind)).toEqual(['failover']);
+  });
+
+  it('refuses an empty list and a service that pins no version, changing nothing', () => {
+    const pinned = booted(service({ version: '1.0' }));
+    expect(pinned.send({ type: 'expect', versions: [] })).toBe('name at least one version');
+    expect(pinned.state.expected).toEqual(['1.0']);
+    const free = booted(service());
+    expect(free.send({ type: 'expect', versions: ['2.0'] })).toBe('service tts pins no version (set version.expect)');
   });
 });
 
