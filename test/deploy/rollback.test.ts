@@ -1,12 +1,12 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { request } from 'undici';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { UnderstudyEvent } from '../../src/core/index.js';
 import { MODEL_SERVER_PATH } from '../support/fixture.js';
 import { closeAllGateways, startGateway, type RunningGateway } from '../support/gateway.js';
 import { freePorts } from '../support/ports.js';
+import { load, versionOf } from './support.js';
 
 const dirs: string[] = [];
 afterEach(closeAllGateways);
@@ -49,37 +49,6 @@ services:
     deploy: ${deploy}
     instances:${instance('primary', 'primary', ports[0]!)}${instance('hot', 'hot', ports[1]!)}
 `;
-}
-
-/** Requests through the gateway until `stop` resolves, at most `max` of them; counts what the client saw. */
-async function load(gateway: RunningGateway, stop: Promise<unknown>, max = 5000) {
-  let done = false;
-  void stop.finally(() => (done = true));
-  const seen = { ok: 0, failed: [] as string[], byVersion: new Map<string, number>() };
-  const deadline = Date.now() + 90_000;
-  const worker = async () => {
-    while (!done && seen.ok + seen.failed.length < max && Date.now() < deadline) {
-      try {
-        const answer = await request(`${gateway.url}/v1/infer`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
-        const text = await answer.body.text();
-        if (answer.statusCode !== 200) seen.failed.push(`${answer.statusCode} ${text.slice(0, 120)}`);
-        else {
-          seen.ok += 1;
-          const { version } = JSON.parse(text) as { version: string };
-          seen.byVersion.set(version, (seen.byVersion.get(version) ?? 0) + 1);
-        }
-      } catch (error) {
-        seen.failed.push(String(error));
-      }
-    }
-  };
-  await Promise.all([worker(), worker(), worker(), worker()]);
-  return seen;
-}
-
-async function versionOf(port: number): Promise<string> {
-  const answer = await request(`http://127.0.0.1:${port}/version`);
-  return ((await answer.body.json()) as { version: string }).version;
 }
 
 const is = (type: UnderstudyEvent['type']) => (e: UnderstudyEvent) => e.type === type;

@@ -72,26 +72,28 @@ const builtIds = new Set<string>();
 
 /**
  * Builds (once per tag and test run) an image of test/fixtures/model-server.mjs on the
- * node base image; its CMD serves on port 8000 with the given model version. Resolves to
+ * node base image; its CMD serves on port 8000 with the given model version (and `args`,
+ * e.g. `--fail-after 5` for a release that goes bad in service). Resolves to
  * the image id. listen-any.mjs makes the fixture listen on 0.0.0.0 inside the container.
  */
-export function buildModelServerImage(tag: string, options: { version?: string } = {}): Promise<string> {
+export function buildModelServerImage(tag: string, options: { version?: string; args?: string[] } = {}): Promise<string> {
   const version = options.version ?? '1.0';
+  const key = JSON.stringify([version, options.args ?? []]);
   const cached = builds.get(tag);
-  if (cached?.version === version) return cached.id;
-  const id = build(tag, version);
-  builds.set(tag, { version, id });
+  if (cached?.version === key) return cached.id;
+  const id = build(tag, version, options.args ?? []);
+  builds.set(tag, { version: key, id });
   id.catch(() => builds.delete(tag));
   return id;
 }
 
-async function build(tag: string, version: string): Promise<string> {
+async function build(tag: string, version: string, args: string[]): Promise<string> {
   const dir = await mkdtemp(path.join(tmpdir(), 'understudy-image-'));
   try {
     await cp(MODEL_SERVER_PATH, path.join(dir, 'model-server.mjs'));
     await cp(LISTEN_ANY_PATH, path.join(dir, 'listen-any.mjs'));
     await cp(path.dirname(require.resolve('ws/package.json')), path.join(dir, 'node_modules', 'ws'), { recursive: true });
-    const command = ['/usr/bin/node', '/app/model-server.mjs', '--port', '8000', '--model-version', version];
+    const command = ['/usr/bin/node', '/app/model-server.mjs', '--port', '8000', '--model-version', version, ...args];
     await writeFile(
       path.join(dir, 'Dockerfile'),
       [
