@@ -5,6 +5,7 @@ import type { ColdResult } from './scenarios/cold.js';
 import { median, type JobsResult } from './scenarios/jobs.js';
 import { AFTER_FAULT_WINDOW_MS, BASELINE_MS, CLIENT_TIMEOUT_MS, FAULT_AT_MS, FAULTS, RATE, RUN_MS, type FaultCaseResult } from './scenarios/faults.js';
 import type { OverheadResult } from './scenarios/overhead.js';
+import type { SnapshotResult } from './scenarios/snapshot.js';
 
 export interface BenchReport {
   date: string;
@@ -15,6 +16,8 @@ export interface BenchReport {
   overhead: OverheadResult[] | null;
   /** Absent from reports saved before the jobs scenario. */
   jobs?: JobsResult | null;
+  /** Absent from reports saved before the snapshot scenario. */
+  snapshot?: SnapshotResult | null;
 }
 
 const PROXY_LABELS: Record<ProxyName, string> = {
@@ -219,6 +222,38 @@ held; for a primary kill, items that had reached the primary less the results it
 ${table(['Failure', 'Run', 'Items run twice / in flight at kill', 'Extra runs', 'Never run', 'Succeeded', `Goal (≤ in flight ≤ ${jobs.concurrency})`], failureRows)}`;
 }
 
+function snapshotSection(snap: SnapshotResult): string {
+  const mib = (n: number) => (n === 0 ? '0' : `${(n / 2 ** 20).toFixed(1)} MiB`);
+  const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+  const rate = (bytes: number, msValue: number) => `${(bytes / 2 ** 20 / (msValue / 1000)).toFixed(0)} MiB/s`;
+  const rows = snap.rounds.map((r) => [
+    r.label,
+    mib(r.changedBytes),
+    ms(r.ms),
+    mib(r.readBytes),
+    mib(r.newBytes),
+    goal(r.readBytes <= r.changedBytes && r.newBytes <= r.changedBytes),
+  ]);
+  const phases = Object.entries(snap.restore.phases)
+    .map(([phase, at]) => `${phase} ${ms(at)}`)
+    .join(', ');
+  const first = snap.rounds[0];
+  return `## Snapshots of a model directory (Understudy)
+
+A ${gib(snap.modelBytes)} model directory (${snap.files} files: 8 weight shards of 256 MiB, a 16 MiB tokenizer, a config;
+pseudo-random content) on the same disk as the snapshot store${snap.generateMs === null ? ', kept from an earlier run' : `, written in ${ms(snap.generateMs)}`}.
+Each snapshot hashes what it reads, fsyncs each new blob, reads it back and hashes it again, then writes its manifest.
+A file whose size, mtime, ctime, inode and mode match the previous snapshot is not read. The page cache is not
+dropped: reads of the model may come from memory.
+
+${table(['Snapshot', 'Changed', 'Time', 'Read', 'Written', 'Goal: read and written ≤ changed'], rows)}
+${first ? `\nThe first snapshot ran at ${rate(first.totalBytes, first.ms)}.` : ''}
+Verify of all four snapshots (every blob re-hashed once): ${ms(snap.verify.ms)} for ${gib(snap.verify.bytes)}.
+Restore of the first snapshot over the changed directory (the blobs verified, copied to a staging directory next to
+it, the copies hashed and fsynced, then swapped in by two renames): ${ms(snap.restore.ms)} for ${gib(snap.restore.bytes)}
+(${rate(snap.restore.bytes, snap.restore.ms)}); phases began at about ${phases}.`;
+}
+
 export function renderMarkdown(report: BenchReport): string {
   const { environment: env } = report;
   const sections = [
@@ -233,6 +268,7 @@ share its cores, so compare the rows with each other rather than with other mach
   if (report.cold) sections.push(coldSection(report.cold));
   if (report.overhead) sections.push(overheadSection(report.overhead));
   if (report.jobs) sections.push(jobsSection(report.jobs));
+  if (report.snapshot) sections.push(snapshotSection(report.snapshot));
   return `${sections.join('\n\n')}\n`;
 }
 

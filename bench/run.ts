@@ -15,15 +15,16 @@ import { runCold } from './scenarios/cold.js';
 import { runFaults } from './scenarios/faults.js';
 import { runJobs } from './scenarios/jobs.js';
 import { runOverhead } from './scenarios/overhead.js';
+import { runSnapshot } from './scenarios/snapshot.js';
 import { killAllServicesNow, stopAllServices } from './services.js';
 import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
 const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
-const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs'] as const;
+const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -79,6 +80,7 @@ async function bench(options: Options, root: string): Promise<void> {
     cold: runs('cold') && hasUnderstudy ? await runCold(root) : null,
     overhead: runs('overhead') ? await runOverhead(launchers, root) : null,
     jobs: runs('jobs') && hasUnderstudy ? await runJobs(root) : null,
+    snapshot: runs('snapshot') ? await runSnapshot(root) : null,
   };
 
   const markdown = renderMarkdown(report);

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { UnderstudyEvent } from '../../src/core/index.js';
 import { MODEL_SERVER_PATH } from '../support/fixture.js';
-import { closeAllGateways, startGateway, type RunningGateway } from '../support/gateway.js';
+import { closeAllGateways, startGateway } from '../support/gateway.js';
 import { freePorts } from '../support/ports.js';
 import { load, versionOf } from './support.js';
 
