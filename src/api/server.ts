@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { BackupError } from '../backup/index.js';
 import { parseDuration } from '../config/index.js';
 import { ReleaseError, type Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
@@ -23,6 +24,13 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   POST /v1/services/:service/deploy       {"version"}  roll a new version out (202; goes on in the background)
  *   POST /v1/services/:service/rollback     {"to"?}      back to the newest known-good version (or "to")
  *   GET  /v1/services/:service/releases                  current, known-good, history, the deploy running
+ *
+ *   GET  /v1/snapshots?service=      snapshots, newest first (damaged ones marked broken), next scheduled runs
+ *   POST /v1/snapshots {"service"}   take one now (201)
+ *   GET  /v1/snapshots/:id           its manifest
+ *   POST /v1/snapshots/verify {"id"?}  re-hash every blob; names each damaged file
+ *   POST /v1/snapshots/prune {"dryRun"?}  apply retention
+ *   POST /v1/snapshots/:id/restore   put its files (staging, then a swap) and image back
  *
  *   POST /v1/jobs                    submit a job (Idempotency-Key: the same job for a repeat)
  *   GET  /v1/jobs?state=&service=&limit=
@@ -96,6 +104,18 @@ export class AdminServer {
       }
     }
 
+    if (url.pathname === '/v1/snapshots' || url.pathname.startsWith('/v1/snapshots/')) {
+      try {
+        return await this.snapshots(req, res, url);
+      } catch (error) {
+        if (error instanceof BackupError) {
+          const status = error.code === 'SNAPSHOT_NOT_FOUND' ? 404 : error.code === 'INVALID_INPUT' ? 400 : error.code === 'SNAPSHOT_CORRUPT' ? 409 : 500;
+          return send(res, status, { error: { code: error.code, message: error.message, ...error.details } });
+        }
+        throw error;
+      }
+    }
+
     const release = /^\/v1\/services\/([^/]+)\/(deploy|rollback|releases)$/.exec(url.pathname);
     if (release) {
       try {
@@ -128,6 +148,37 @@ export class AdminServer {
       if (rejected !== undefined) return send(res, 409, { error: { code: 'REFUSED', message: rejected } });
       return send(res, 200, { ok: true, service: service.view() });
     }
+    return notFound(res);
+  }
+
+  private async snapshots(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const backups = this.app.backups;
+    const [id, verb] = url.pathname.split('/').slice(3).map(decodeURIComponent);
+    const method = req.method ?? 'GET';
+    if (id === undefined && method === 'GET') {
+      const service = url.searchParams.get('service') ?? undefined;
+      return send(res, 200, { snapshots: await backups.store.list({ service }), schedules: backups.nextRuns() });
+    }
+    const body = method === 'POST' ? await readJson(req, 64 * 1024) : {};
+    if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
+    const fields = body as { service?: unknown; id?: unknown; dryRun?: unknown };
+    if (id === undefined && method === 'POST') {
+      if (typeof fields.service !== 'string' || !this.app.service(fields.service)) {
+        return send(res, 400, { error: { code: 'BAD_FIELD', message: '"service" must name a service' } });
+      }
+      const snapshot = await backups.snapshot(fields.service, this.app.service(fields.service)!.release ?? null, 'manual');
+      if (snapshot === undefined) {
+        return send(res, 409, { error: { code: 'NOTHING_TO_KEEP', message: `service ${fields.service} has no backup.paths and no backup.images` } });
+      }
+      return send(res, 201, { snapshot: (await backups.store.get(snapshot)).manifest });
+    }
+    if (id === 'verify' && method === 'POST') {
+      if (fields.id !== undefined && typeof fields.id !== 'string') return send(res, 400, { error: { code: 'BAD_FIELD', message: '"id" must be a snapshot id' } });
+      return send(res, 200, await backups.store.verify(fields.id as string | undefined));
+    }
+    if (id === 'prune' && method === 'POST') return send(res, 200, await backups.prune(fields.dryRun === true));
+    if (id !== undefined && verb === undefined && method === 'GET') return send(res, 200, await backups.store.get(id));
+    if (id !== undefined && verb === 'restore' && method === 'POST') return send(res, 200, await backups.restore(id, 'restore requested'));
     return notFound(res);
   }
 

@@ -1,5 +1,5 @@
 export { BackupError, type BackupErrorCode, type BackupErrorDetails } from './errors.js';
-export type { CreateOptions, CreateProgress } from './create.js';
+export { formatBytes, type CreateOptions, type CreateProgress } from './create.js';
 export { StoreLayout } from './layout.js';
 export {
   entrySource,
@@ -26,3 +26,4 @@ export {
   type SnapshotSummary,
 } from './store.js';
 export { describeProblem, type VerifyOptions, type VerifyProblem, type VerifyProgress, type VerifyReport } from './verify.js';
+export { ImageKeeper } from './images.js';

@@ -79,6 +79,14 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'rollback-finished':
       what = `rollback to ${event.to} ${event.ok ? `done in ${(event.durationMs / 1000).toFixed(1)}s` : 'failed'}`;
       break;
+    case 'snapshot-created':
+    case 'snapshot-restored':
+      what = `${event.type} ${event.snapshot}`;
+      break;
+    case 'snapshot-failed':
+    case 'snapshots-pruned':
+      what = event.type;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }
@@ -159,3 +167,4 @@ export function formatReleases(view: ReleasesView): string {
   }
   return lines.join('\n');
 }
+

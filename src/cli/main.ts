@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError } from 'commander';
 import { AdminClient, AdminServer, ensureToken, tokenFile } from '../api/index.js';
+import { formatBytes, SnapshotStore, type Manifest, type SnapshotListing, type VerifyReport } from '../backup/index.js';
 import { ConfigError, loadConfigFile, parseDuration, type Config } from '../config/index.js';
 import { Understudy, type ServiceView } from '../controller/index.js';
 import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
@@ -186,6 +187,79 @@ program
   .action(async (service: string, options: { json?: boolean; config: string }) => {
     const view = await client(options.config).call<ReleasesView>('GET', `/v1/services/${enc(service)}/releases`);
     console.log(options.json ? JSON.stringify(view, null, 2) : formatReleases(view));
+  });
+
+const snapshot = program
+  .command('snapshot')
+  .description('verified, content-addressed backups of what a service needs to serve (backup.paths, backup.images)');
+
+snapshot
+  .command('create')
+  .description('take a snapshot of a service now (its version is the one it runs)')
+  .argument('<service>', 'the service')
+  .option(...configOption)
+  .action(async (service: string, options: { config: string }) => {
+    const { snapshot: made } = await client(options.config).call<{ snapshot: Manifest }>('POST', '/v1/snapshots', { service });
+    const t = made.totals;
+    console.log(`${made.id}: ${t.files} files, ${formatBytes(t.bytes)}; ${formatBytes(t.newBytes)} new, ${formatBytes(t.reusedBytes)} already kept${made.images.length ? `; image ${made.images[0]!.ref}` : ''}`);
+  });
+
+snapshot
+  .command('list')
+  .description('list snapshots, newest first')
+  .option('-s, --service <name>', 'only this service')
+  .option('--json', 'print the raw JSON')
+  .option(...configOption)
+  .action(async (options: { service?: string; json?: boolean; config: string }) => {
+    const query = options.service ? `?service=${enc(options.service)}` : '';
+    const { snapshots } = await client(options.config).call<{ snapshots: SnapshotListing[] }>('GET', `/v1/snapshots${query}`);
+    if (options.json) return console.log(JSON.stringify(snapshots, null, 2));
+    for (const s of snapshots) {
+      const when = new Date(s.createdAt).toISOString();
+      if (s.broken) console.log(`${s.id}  ${when}  BROKEN: ${s.problem}`);
+      else console.log(`${s.id}  ${when}  version ${s.version ?? '-'}  ${s.trigger}${s.knownGood ? '  known-good' : ''}  ${formatBytes(s.totals.bytes)}${s.images ? '  +image' : ''}`);
+    }
+    if (snapshots.length === 0) console.log('(no snapshots)');
+  });
+
+snapshot
+  .command('verify')
+  .description('re-read every blob of one snapshot (or all) and name each file that is missing or changed')
+  .argument('[id]', 'the snapshot (default: all)')
+  .option('--dir <path>', 'verify this snapshot store directly, read-only, without a running Understudy')
+  .option(...configOption)
+  .addHelpText('after', '\nExit status: 0 when every snapshot checked is whole, 1 when any is not.')
+  .action(async (id: string | undefined, options: { dir?: string; config: string }) => {
+    const report = options.dir
+      ? await new SnapshotStore(options.dir).verify(id)
+      : await client(options.config).call<VerifyReport>('POST', '/v1/snapshots/verify', id ? { id } : {});
+    for (const s of report.snapshots) console.log(`${s.ok ? 'ok     ' : 'DAMAGED'}  ${s.id}`);
+    for (const p of report.problems) console.log(`  ${p.snapshot}: ${p.kind}: ${p.path}: ${p.detail}`);
+    console.log(`${report.blobs} blobs, ${formatBytes(report.bytes)} read: ${report.ok ? 'every snapshot is whole' : `${report.problems.length} problem(s)`}`);
+    process.exitCode = report.ok ? 0 : 1;
+  });
+
+snapshot
+  .command('prune')
+  .description('delete the snapshots retention does not keep (backup.retention), then the blobs no snapshot uses')
+  .option('--dry-run', 'say what would be deleted, delete nothing')
+  .option(...configOption)
+  .action(async (options: { dryRun?: boolean; config: string }) => {
+    const result = await client(options.config).call<{ deleted: string[]; kept: string[]; freedBytes: number; broken: string[] }>('POST', '/v1/snapshots/prune', { dryRun: options.dryRun === true });
+    for (const id of result.deleted) console.log(`${options.dryRun ? 'would delete' : 'deleted'}  ${id}`);
+    for (const id of result.broken) console.log(`kept (damaged, see verify)  ${id}`);
+    console.log(`${result.kept.length} kept, ${result.deleted.length} ${options.dryRun ? 'to delete' : 'deleted'}, ${formatBytes(result.freedBytes)} ${options.dryRun ? 'to free' : 'freed'}`);
+  });
+
+snapshot
+  .command('restore')
+  .description('put a snapshot\'s files back (copied to a staging path and checked, then swapped in) and its image')
+  .argument('<id>', 'the snapshot')
+  .option(...configOption)
+  .addHelpText('after', '\nA damaged snapshot is refused before anything changes. Instances keep running; to run a restored\nversion, use `understudy rollback SERVICE --to VERSION`.')
+  .action(async (id: string, options: { config: string }) => {
+    const result = await client(options.config).call<{ files: number; bytes: number; images: string[] }>('POST', `/v1/snapshots/${enc(id)}/restore`, {});
+    console.log(`${id}: restored ${result.files} files, ${formatBytes(result.bytes)}${result.images.length ? `; pulled ${result.images.join(', ')}` : ''}`);
   });
 
 program.addCommand(jobCommands(configOption, client));

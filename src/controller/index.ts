@@ -2,3 +2,4 @@ export { ServiceController, type InstanceView, type ServiceView } from './servic
 export { Understudy } from './understudy.js';
 export { Deployer, smokeTest, type DeployBackups, type DeployView } from './deploy.js';
 export { ReleaseBook, ReleaseError, type ReleaseRecord, type ServiceReleases } from './releases.js';
+export { Backups } from './backups.js';

@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
-import { systemClock, type Clock, type UnderstudyEvent } from '../core/index.js';
+import { BackupError, SnapshotStore } from '../backup/index.js';
+import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
 import { Gateway, Idempotency, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
+import { Backups } from './backups.js';
 import { Deployer } from './deploy.js';
 import { ReleaseBook, ReleaseError } from './releases.js';
 import { ServiceController, type ServiceView } from './service.js';
@@ -24,6 +26,7 @@ export class Understudy {
   private readonly proxyHooks: ProxyHooks;
   private store: JobStore | undefined;
   private book: ReleaseBook | undefined;
+  private backupKeeper: Backups | undefined;
   private deployer: Deployer | undefined;
   private runner: JobRunner | undefined;
   private pruneTimer: NodeJS.Timeout | undefined;
@@ -89,6 +92,12 @@ export class Understudy {
     return this.book;
   }
 
+  /** Snapshots; there once Understudy has started. */
+  get backups(): Backups {
+    if (!this.backupKeeper) throw new BackupError('NOT_OPEN', 'Understudy is not running');
+    return this.backupKeeper;
+  }
+
   service(name: string): ServiceController | undefined {
     return this.services.get(name);
   }
@@ -122,9 +131,19 @@ export class Understudy {
       this.runner = this.createRunner(store);
       const book = await ReleaseBook.open(path.join(this.config.stateDir, 'releases.json'));
       this.book = book;
+      const snapshots = new SnapshotStore(this.config.backup.dir, { clock: this.clock });
+      await snapshots.open();
+      const publish = (service: string, event: EventBody) =>
+        this.events.publish({ ...event, service, time: this.clock.now(), traceId: randomBytes(8).toString('hex') });
+      this.backupKeeper = new Backups(this.config, snapshots, {
+        services: (name) => this.services.get(name),
+        publish,
+        onError: (message, error) => this.log.error({ err: error }, message),
+      });
       this.deployer = new Deployer({
         services: (name) => this.services.get(name),
         book,
+        backups: this.backupKeeper,
         clock: this.clock,
         publish: (service, event) => this.events.publish({ ...event, service, time: this.clock.now(), traceId: randomBytes(8).toString('hex') }),
         onError: (message, error) => this.log.error({ err: error }, message),
@@ -141,6 +160,7 @@ export class Understudy {
       await this.gateway.start();
       for (const [name, service] of this.services) service.boot(releases.get(name));
       for (const { service, version } of changed) void this.deployChangedConfig(service, version);
+      await this.backupKeeper.start();
       await this.runner.start();
       this.lifecycle = 'running';
     } catch (error) {
@@ -166,6 +186,7 @@ export class Understudy {
       await step('stopping jobs', async () => this.runner?.close());
       // A deploy cut short is not resumed: the next start runs the version last recorded as current.
       await step('stopping deploys', async () => this.deployer?.close());
+      this.backupKeeper?.close();
       await step('closing the gateway', () => this.gateway.close(deadlineMs));
       await step('stopping services', async () => {
         await Promise.all([...this.services.values()].map((service) => service.close()));

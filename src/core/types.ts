@@ -91,7 +91,15 @@ export type EventBody =
       durationMs: number;
       ok: boolean;
       reason: string;
-    };
+    }
+  | SnapshotEventBody;
+
+/** A snapshot's lifecycle: see docs/recovery.md. */
+export type SnapshotEventBody =
+  | { type: 'snapshot-created'; snapshot: string; version: string | null; trigger: string; bytes: number; newBytes: number; reason: string }
+  | { type: 'snapshot-failed'; version: string | null; trigger: string; reason: string }
+  | { type: 'snapshots-pruned'; deleted: string[]; freedBytes: number; reason: string }
+  | { type: 'snapshot-restored'; snapshot: string; version: string | null; reason: string };
 
 /** The steps of a deploy, in order: see docs/recovery.md. */
 export type DeployStep = 'backup' | 'upgrade' | 'smoke' | 'switch' | 'watch' | 'complete' | 'known-good';
