@@ -167,11 +167,14 @@ export class Deployer {
 
       this.deps.book.markKnownGood(name, to);
       this.deps.book.setCurrent(name, to);
+      await this.deps.book.save();
       const snapshot = await this.deps.backups?.snapshot(name, to, 'known-good').catch((error: unknown) => {
         this.deps.onError(`could not back up the known-good version ${to} of ${name}`, error);
         return undefined;
       });
-      if (snapshot) await this.deps.backups!.markKnownGood(snapshot);
+      if (snapshot) {
+        await this.deps.backups!.markKnownGood(snapshot).catch((error: unknown) => this.deps.onError(`could not mark snapshot ${snapshot} known-good`, error));
+      }
       this.step(running, 'known-good', null, `version ${to} survived the watch window and is known-good${snapshot ? ` (snapshot ${snapshot})` : ''}`);
       this.finish(running, 'known-good', `version ${to} is known-good`);
       this.deps.publish(name, { type: 'deploy-finished', to, reason: `version ${to} runs everywhere and is known-good` });
@@ -256,7 +259,7 @@ export class Deployer {
           resolve();
         }, { once: true });
       });
-      if (!this.deps.services(name)) return undefined;
+      if (!this.deps.services(name)) throw new Error(`service ${name} is gone`);
     }
   }
 
@@ -279,8 +282,8 @@ export class Deployer {
     try {
       // Traffic leaves the bad version at once for any instance still on the good one.
       service.dispatch({ type: 'expect', versions: [to] });
-      const restored = await this.deps.backups?.ensure(name, to);
-      if (restored) this.deps.onError(`rollback of ${name}: ${restored}`, undefined);
+      // A restore that fails does not stop the rollback: the version's files may still be in place.
+      await this.deps.backups?.ensure(name, to).catch((error: unknown) => this.deps.onError(`rollback of ${name}: could not put back version ${to}`, error));
       const state = service.snapshotState();
       const moving = [...service.releases()]
         .filter(([, version]) => version !== to)

@@ -170,6 +170,7 @@ export class ServiceController implements Upstreams {
    */
   waitFor(ready: (state: ServiceStatus) => boolean, timeoutMs: number, signal?: AbortSignal, what = 'the service'): Promise<ServiceStatus> {
     if (ready(this.state)) return Promise.resolve(this.state);
+    if (this.closed) return Promise.reject(new Error('Understudy is shutting down'));
     return new Promise((resolve, reject) => {
       const done = (error?: Error) => {
         this.stateWatchers.delete(check);

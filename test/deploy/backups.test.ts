@@ -4,10 +4,9 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ImageKeeper } from '../../src/backup/index.js';
 import { buildModelServerImage, describeWithDocker, docker, DOCKER_SOCKET, dockerMissing, removeImages, uniqueName } from '../support/docker.js';
-import { MODEL_SERVER_PATH } from '../support/fixture.js';
 import { closeAllGateways, startGateway } from '../support/gateway.js';
 import { freePorts } from '../support/ports.js';
-import { versionOf } from './support.js';
+import { versionOf, versionedInstance } from './support.js';
 
 const dirs: string[] = [];
 afterEach(closeAllGateways);
@@ -25,16 +24,7 @@ describe('snapshots around deploys', () => {
       writeFileSync(path.join(dir, 'models', version, 'weights.bin'), Buffer.alloc(64 * 1024, Number(version)));
     }
     const ports = await freePorts(2);
-    const instance = (name: string, tier: string, port: number) => `
-      ${name}:
-        tier: ${tier}
-        url: http://127.0.0.1:${port}
-        runtime:
-          type: process
-          command: [${process.execPath}, ${MODEL_SERVER_PATH}, --port, "${port}", --name, ${name}, --latency, "5", --model-dir, "${dir}/models/\${version}"]
-          stopGrace: 2s
-        probes:
-          startup: { http: { path: /health }, interval: 50ms, budget: 20s }`;
+    const instance = (name: string, tier: string, port: number) => versionedInstance(dir, name, tier, port);
     const gateway = await startGateway(`stateDir: STATE
 gateway: { listen: "127.0.0.1:0" }
 admin: { listen: "127.0.0.1:0" }

@@ -3,10 +3,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { UnderstudyEvent } from '../../src/core/index.js';
-import { MODEL_SERVER_PATH } from '../support/fixture.js';
 import { closeAllGateways, startGateway } from '../support/gateway.js';
 import { freePorts } from '../support/ports.js';
-import { load, versionOf } from './support.js';
+import { load, versionOf, versionedInstance } from './support.js';
 
 const dirs: string[] = [];
 afterEach(closeAllGateways);
@@ -26,18 +25,7 @@ function releases(models: Record<string, { failAfter?: number }>): string {
 }
 
 function config(dir: string, ports: number[], deploy: string): string {
-  const instance = (name: string, tier: string, port: number) => `
-      ${name}:
-        tier: ${tier}
-        url: http://127.0.0.1:${port}
-        runtime:
-          type: process
-          command: [${process.execPath}, ${MODEL_SERVER_PATH}, --port, "${port}", --name, ${name}, --latency, "5", --model-dir, "${dir}/models/\${version}"]
-          stopGrace: 2s
-          restartDelay: 200ms
-        probes:
-          startup: { http: { path: /health }, interval: 50ms, budget: 20s }
-          ready: { http: { path: /health }, interval: 200ms, fall: 2 }`;
+  const instance = (name: string, tier: string, port: number) => versionedInstance(dir, name, tier, port);
   return `stateDir: STATE
 gateway: { listen: "127.0.0.1:0" }
 admin: { listen: "127.0.0.1:0" }

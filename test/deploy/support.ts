@@ -1,4 +1,5 @@
 import { request } from 'undici';
+import { MODEL_SERVER_PATH } from '../support/fixture.js';
 import type { RunningGateway } from '../support/gateway.js';
 
 export interface Seen {
@@ -40,4 +41,23 @@ export async function load(gateway: RunningGateway, stop: Promise<unknown>, max 
 export async function versionOf(port: number): Promise<string> {
   const answer = await request(`http://127.0.0.1:${port}/version`);
   return ((await answer.body.json()) as { version: string }).version;
+}
+
+/**
+ * YAML for one instance run by Understudy from the model-server fixture, loading the
+ * model directory `DIR/models/${version}`, so each version is its own directory.
+ */
+export function versionedInstance(dir: string, name: string, tier: string, port: number): string {
+  return `
+      ${name}:
+        tier: ${tier}
+        url: http://127.0.0.1:${port}
+        runtime:
+          type: process
+          command: [${process.execPath}, ${MODEL_SERVER_PATH}, --port, "${port}", --name, ${name}, --latency, "5", --model-dir, "${dir}/models/\${version}"]
+          stopGrace: 2s
+          restartDelay: 200ms
+        probes:
+          startup: { http: { path: /health }, interval: 50ms, budget: 20s }
+          ready: { http: { path: /health }, interval: 200ms, fall: 2 }`;
 }
