@@ -15,4 +15,4 @@ export type {
   VersionProbeConfig,
 } from './schema.js';
 export { parseDuration, parseSize } from './units.js';
-export { atVersion, namesVersion, pathsAtVersion } from './version.js';
+export { atVersion, pathsAtVersion } from './version.js';

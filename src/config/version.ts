@@ -2,11 +2,6 @@ import type { InstanceConfig } from './load.js';
 
 const PLACEHOLDER = /\$\{version\}/g;
 
-/** Whether an instance's runtime names the version (`${version}`), so a deploy changes what it runs. */
-export function namesVersion(instance: InstanceConfig): boolean {
-  return JSON.stringify(instance.runtime).includes('${version}');
-}
-
 /**
  * The instance as it runs `version`: every `${version}` in its runtime (image, command,
  * env, volumes, requires) replaced. `tts-server:${version}` is how a release becomes an image.

@@ -86,7 +86,7 @@ export class Backups implements DeployBackups {
         version,
         trigger,
         paths: version === null ? backup.paths : pathsAtVersion(backup.paths, version),
-        images: backup.images ? ({ id }) => this.keepImages(config, version, id) : undefined,
+        images: backup.images ? () => this.keepImages(config, version) : undefined,
       });
       const { bytes, newBytes } = manifest.totals;
       this.deps.publish(service, {
@@ -170,10 +170,10 @@ export class Backups implements DeployBackups {
     return pulled;
   }
 
-  private async keepImages(config: ServiceConfig, version: string | null, id: string): Promise<ImageEntry[]> {
+  private async keepImages(config: ServiceConfig, version: string | null): Promise<ImageEntry[]> {
     const images = this.images!;
     const service = this.deps.services(config.name);
-    const state = service?.snapshotState();
+    const state = service?.machineState();
     // One image serves every instance of a version: keep the active instance's (else the first docker one's).
     const docker = config.instances.filter((i) => i.runtime.type === 'docker');
     const chosen = docker.find((i) => i.name === state?.active) ?? docker[0]!;
@@ -183,7 +183,6 @@ export class Backups implements DeployBackups {
       version: version ?? 'unversioned',
       time: Date.now(),
     });
-    void id;
     return [entry];
   }
 

@@ -131,7 +131,7 @@ export class Deployer {
       await this.deps.book.save();
 
       // The active instance keeps the old version ready; the others move first, standbys before the rest.
-      const state = service.snapshotState();
+      const state = service.machineState();
       const ordered = Object.values(state.instances).sort(byPreference).reverse();
       const fallback = state.active ?? ordered[ordered.length - 1]!.name;
       const first = ordered.filter((i) => i.name !== fallback);
@@ -141,7 +141,7 @@ export class Deployer {
       }
 
       signal.throwIfAborted();
-      const target = Object.values(service.snapshotState().instances)
+      const target = Object.values(service.machineState().instances)
         .filter((i) => i.name !== fallback && i.tier !== 'cold')
         .sort(byPreference)[0];
       service.dispatch({ type: 'expect', versions: [to, from] });
@@ -161,8 +161,8 @@ export class Deployer {
       await this.upgrade(service, running, fallback, service.config.instances.find((i) => i.name === fallback)!.tier === 'cold');
       service.dispatch({ type: 'expect', versions: [to] });
       // Traffic goes back to the preferred instance, now on the new version.
-      const preferred = Object.values(service.snapshotState().instances).sort(byPreference)[0]!;
-      if (service.snapshotState().active !== preferred.name) service.dispatch({ type: 'switchover', to: preferred.name });
+      const preferred = Object.values(service.machineState().instances).sort(byPreference)[0]!;
+      if (service.machineState().active !== preferred.name) service.dispatch({ type: 'switchover', to: preferred.name });
       this.step(running, 'complete', null, `every instance runs version ${to}`);
 
       this.deps.book.markKnownGood(name, to);
@@ -223,7 +223,7 @@ export class Deployer {
     const seen = new Map<string, string>(); // instance → its state at the last look
     for (;;) {
       running.abort.signal.throwIfAborted();
-      const state = service.snapshotState();
+      const state = service.machineState();
       for (const instance of onNew()) {
         const now = state.instances[instance]!.state;
         const before = seen.get(instance);
@@ -284,7 +284,7 @@ export class Deployer {
       service.dispatch({ type: 'expect', versions: [to] });
       // A restore that fails does not stop the rollback: the version's files may still be in place.
       await this.deps.backups?.ensure(name, to).catch((error: unknown) => this.deps.onError(`rollback of ${name}: could not put back version ${to}`, error));
-      const state = service.snapshotState();
+      const state = service.machineState();
       const moving = [...service.releases()]
         .filter(([, version]) => version !== to)
         .map(([instance]) => state.instances[instance]!)

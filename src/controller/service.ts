@@ -160,7 +160,7 @@ export class ServiceController implements Upstreams {
   }
 
   /** What the machine knows now (a copy is not made: do not change it). */
-  snapshotState(): ServiceStatus {
+  machineState(): ServiceStatus {
     return this.state;
   }
 

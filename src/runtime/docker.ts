@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { access, mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import path from 'node:path';
 import Docker from 'dockerode';
 import type { DockerRuntimeConfig } from '../config/index.js';
-import { StartError, type Runtime } from './runtime.js';
+import { checkRequired, StartError, type Runtime } from './runtime.js';
 
 export interface DockerRuntimeOptions {
   /** The Docker Engine's Unix socket, e.g. /var/run/docker.sock. */
@@ -100,13 +100,7 @@ export class DockerRuntime implements Runtime {
     await this.stopping;
     stillWanted();
     if (this.run) return;
-    for (const required of this.config.requires) {
-      try {
-        await access(required);
-      } catch {
-        throw new StartError(`pre-start check failed: ${required} does not exist`);
-      }
-    }
+    await checkRequired(this.config.requires);
     await mkdir(path.dirname(this.logFile), { recursive: true });
     await this.recover();
     stillWanted();

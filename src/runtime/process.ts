@@ -1,10 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { access, mkdir, open, readFile } from 'node:fs/promises';
+import { mkdir, open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ProcessRuntimeConfig } from '../config/index.js';
-import { StartError, type Runtime } from './runtime.js';
+import { checkRequired, StartError, type Runtime } from './runtime.js';
 
 /**
  * Runs a model server as a child process in its own process group, so a stop
@@ -45,13 +45,7 @@ export class ProcessRuntime implements Runtime {
     await this.stopping;
     stillWanted();
     if (this.child) return;
-    for (const required of this.config.requires) {
-      try {
-        await access(required);
-      } catch {
-        throw new StartError(`pre-start check failed: ${required} does not exist`);
-      }
-    }
+    await checkRequired(this.config.requires);
     await mkdir(path.dirname(this.logFile), { recursive: true });
     await this.recover();
     stillWanted();

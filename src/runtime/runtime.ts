@@ -1,3 +1,4 @@
+import { access } from 'node:fs/promises';
 import { UnderstudyError } from '../core/index.js';
 
 /** How an instance is run. One per instance; `start` and `stop` never overlap. */
@@ -41,4 +42,15 @@ export class ExternalRuntime implements Runtime {
   async stop(): Promise<void> {}
   async recover(): Promise<void> {}
   onExit(): void {}
+}
+
+/** The pre-start check of `requires`: every path (a model directory, a config file) must exist. */
+export async function checkRequired(paths: readonly string[]): Promise<void> {
+  for (const required of paths) {
+    try {
+      await access(required);
+    } catch {
+      throw new StartError(`pre-start check failed: ${required} does not exist`);
+    }
+  }
 }

@@ -4,9 +4,11 @@ import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkS
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach } from 'vitest';
+import { unmountAll } from '../support/tmpfs.js';
+
+export { canMount, mountTmpfs } from '../support/tmpfs.js';
 
 const dirs: string[] = [];
-const mounts: string[] = [];
 
 /** A fresh directory under the system temp dir, removed after the test. */
 export function tempDir(prefix = 'understudy-backup-'): string {
@@ -15,37 +17,12 @@ export function tempDir(prefix = 'understudy-backup-'): string {
   return dir;
 }
 
-/** A tmpfs of `size` mounted on a fresh directory (needs root); undefined when mounting is not permitted. */
-export function mountTmpfs(size: string): string | undefined {
-  const dir = mkdtempSync(path.join(tmpdir(), 'understudy-disk-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' });
-    mounts.push(dir);
-    return dir;
-  } catch {
-    rmSync(dir, { recursive: true, force: true });
-    return undefined;
-  }
-}
-
 export function remountReadOnly(dir: string): void {
   execFileSync('mount', ['-o', 'remount,ro', dir], { stdio: 'pipe' });
 }
 
-export const canMount = (() => {
-  const dir = mountTmpfs('64k');
-  if (!dir) return false;
-  execFileSync('umount', [dir]);
-  mounts.pop();
-  rmSync(dir, { recursive: true, force: true });
-  return true;
-})();
-
 afterEach(() => {
-  for (const dir of mounts.splice(0)) {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
-    rmSync(dir, { recursive: true, force: true });
-  }
+  unmountAll();
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 

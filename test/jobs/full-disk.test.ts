@@ -1,51 +1,24 @@
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, statfsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startModelServer, stopAll } from '../support/fixture.js';
 import { closeAllGateways, startGateway } from '../support/gateway.js';
+import { canMount, mountTmpfs, unmountAll } from '../support/tmpfs.js';
 import { waitUntil } from '../support/wait.js';
 import { inferJob } from './support.js';
 
 /* The disk under the state directory fills up mid-job: a real tmpfs, mounted for the test (needs root). */
 
-const mounts: string[] = [];
-
-function mountDisk(size: string): string | undefined {
-  const dir = mkdtempSync(path.join(tmpdir(), 'understudy-disk-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir], { stdio: 'pipe' });
-    mounts.push(dir);
-    return dir;
-  } catch {
-    rmSync(dir, { recursive: true, force: true });
-    return undefined;
-  }
-}
-
-const canMount = (() => {
-  const dir = mountDisk('64k');
-  if (!dir) return false;
-  execFileSync('umount', [dir]);
-  mounts.pop();
-  rmSync(dir, { recursive: true, force: true });
-  return true;
-})();
-
 afterEach(async () => {
   await closeAllGateways();
   await stopAll();
-  for (const dir of mounts.splice(0)) {
-    execFileSync('umount', [dir], { stdio: 'pipe' });
-    rmSync(dir, { recursive: true, force: true });
-  }
+  unmountAll();
 });
 
 describe('a full disk', () => {
   const name = 'pauses the job with the reason, loses and rewrites no finished item, and finishes once there is room';
   it.skipIf(!canMount)(canMount ? name : `${name} (skipped: cannot mount a tmpfs here, needs root)`, async () => {
-    const disk = mountDisk('16m')!;
+    const disk = mountTmpfs('16m')!;
     const model = await startModelServer({ name: 'model', latencyMs: 1 });
     const gateway = await startGateway(
       `stateDir: ${path.join(disk, 'state')}\ngateway: { listen: "127.0.0.1:0" }\njobs: { inlineLimit: 256B, retryDelay: 50ms }\n` +
