@@ -35,6 +35,8 @@ interface Running {
   abort: AbortController;
   /** The first failure seen on the new version, for the rollback time. */
   firstFailureAt: number | undefined;
+  /** Set when a manual rollback stops this deploy: it unwinds quietly and the rollback carries on. */
+  takenOver: boolean;
   done: Promise<void>;
 }
 
@@ -92,14 +94,21 @@ export class Deployer {
     const current = service.release;
     if (current === undefined) throw new ReleaseError('DEPLOY_REFUSED', `service ${serviceName} pins no version`, 409);
     const deploying = this.running.get(serviceName);
-    const target = to ?? (deploying?.view.kind === 'deploy' ? deploying.view.from : this.deps.book.lastKnownGood(serviceName, current));
-    if (target === undefined) throw new ReleaseError('NO_KNOWN_GOOD', `service ${serviceName} has no known-good version other than ${current} to roll back to`, 409);
-    if (deploying) {
-      if (deploying.view.kind === 'rollback') throw new ReleaseError('DEPLOY_RUNNING', `a rollback of ${serviceName} is already running`, 409);
-      await this.stopDeploy(deploying, 'rolled-back', reason);
+    if (deploying?.view.kind === 'rollback' || deploying?.takenOver) {
+      throw new ReleaseError('DEPLOY_RUNNING', `a rollback of ${serviceName} is already running`, 409);
     }
-    if (target === current && [...service.releases().values()].every((v) => v === target)) {
+    const target = to ?? (deploying ? deploying.view.from : this.deps.book.lastKnownGood(serviceName, current));
+    if (target === undefined) throw new ReleaseError('NO_KNOWN_GOOD', `service ${serviceName} has no known-good version other than ${current} to roll back to`, 409);
+    if (!deploying && target === current && [...service.releases().values()].every((v) => v === target)) {
       throw new ReleaseError('DEPLOY_REFUSED', `service ${serviceName} already runs version ${target} everywhere`, 409);
+    }
+    if (deploying) {
+      // The deploy unwinds first (its running entry stays, so nothing else begins meanwhile), then the rollback undoes it.
+      deploying.takenOver = true;
+      deploying.abort.abort(new Error(reason));
+      await deploying.done;
+      this.finish(deploying, 'rolled-back', reason);
+      this.deps.publish(serviceName, { type: 'deploy-failed', from: deploying.view.from, to: deploying.view.to, reason: `stopped by a rollback: ${reason}` });
     }
     const running = this.begin(service, 'rollback', deploying?.view.to ?? current, target, reason);
     running.firstFailureAt = deploying?.firstFailureAt;
@@ -135,6 +144,8 @@ export class Deployer {
       const ordered = Object.values(state.instances).sort(byPreference).reverse();
       const fallback = state.active ?? ordered[ordered.length - 1]!.name;
       const first = ordered.filter((i) => i.name !== fallback);
+      // Checked standbys on the new version may take over if the active instance fails meanwhile.
+      service.dispatch({ type: 'expect', versions: [from, to] });
       for (const instance of first) {
         signal.throwIfAborted();
         await this.upgrade(service, running, instance.name, instance.tier === 'cold');
@@ -180,7 +191,7 @@ export class Deployer {
       this.deps.publish(name, { type: 'deploy-finished', to, reason: `version ${to} runs everywhere and is known-good` });
       await this.deps.book.save();
     } catch (error) {
-      if (signal.aborted && this.running.get(name) !== running) return; // a manual rollback took over
+      if (running.takenOver) return; // a manual rollback takes over from here
       const reason = (error as Error).message;
       this.deps.publish(name, { type: 'deploy-failed', from, to, reason });
       if (this.closed) {
@@ -220,31 +231,33 @@ export class Deployer {
     running.view.watchUntil = until;
     this.step(running, 'watch', null, `watching version ${to} for ${watch}ms`);
     const onNew = () => [...service.releases()].filter(([, v]) => v === to).map(([n]) => n);
-    const seen = new Map<string, string>(); // instance → its state at the last look
+    // Falls counted from here: an instance that went down while it was checked was already judged then.
+    const downsBefore = new Map(onNew().map((instance) => [instance, service.outcomes(instance).downs]));
     for (;;) {
       running.abort.signal.throwIfAborted();
-      const state = service.machineState();
-      for (const instance of onNew()) {
-        const now = state.instances[instance]!.state;
-        const before = seen.get(instance);
-        if ((now === 'down' || now === 'quarantined') && before !== now && before !== undefined) {
-          running.view.downs += 1;
-          running.firstFailureAt ??= this.deps.clock.now();
-        }
-        seen.set(instance, now);
-      }
       let attempts = 0;
       let failed = 0;
+      let downs = 0;
       for (const instance of onNew()) {
         const outcomes = service.outcomes(instance);
         attempts += outcomes.attempts;
         failed += outcomes.failed;
+        const fell = outcomes.downs - (downsBefore.get(instance) ?? 0);
+        if (fell > 0) {
+          downs += fell;
+          running.firstFailureAt ??= this.deps.clock.now();
+        }
         if (outcomes.firstFailedAt !== undefined) {
           running.firstFailureAt = Math.min(running.firstFailureAt ?? Infinity, outcomes.firstFailedAt);
         }
       }
       running.view.attempts = attempts;
       running.view.failed = failed;
+      running.view.downs = downs;
+      const quarantined = onNew().filter((instance) => service.machineState().instances[instance]!.state === 'quarantined');
+      if (quarantined.length > 0) {
+        return `${quarantined.join(', ')} on version ${to} crash-looped and was quarantined during the watch window`;
+      }
       if (running.view.downs >= rollback.downs) {
         return `instances on version ${to} went down ${running.view.downs} times during the watch window (limit ${rollback.downs})`;
       }
@@ -253,11 +266,16 @@ export class Deployer {
       }
       if (this.deps.clock.now() >= until) return undefined;
       await new Promise<void>((resolve) => {
-        const timer = this.deps.clock.setTimeout(resolve, Math.min(WATCH_TICK_MS, until - this.deps.clock.now()));
-        running.abort.signal.addEventListener('abort', () => {
+        const signal = running.abort.signal;
+        const onAbort = () => {
           timer.cancel();
           resolve();
-        }, { once: true });
+        };
+        const timer = this.deps.clock.setTimeout(() => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        }, Math.min(WATCH_TICK_MS, until - this.deps.clock.now()));
+        signal.addEventListener('abort', onAbort, { once: true });
       });
       if (!this.deps.services(name)) throw new Error(`service ${name} is gone`);
     }
@@ -268,7 +286,13 @@ export class Deployer {
   private async rollbackAfter(service: ServiceController, deploying: Running, reason: string): Promise<void> {
     const name = service.config.name;
     this.finish(deploying, 'rolled-back', reason);
-    const running = this.begin(service, 'rollback', deploying.view.to, deploying.view.from, reason);
+    let running: Running;
+    try {
+      running = this.begin(service, 'rollback', deploying.view.to, deploying.view.from, reason);
+    } catch (error) {
+      this.deps.onError(`rollback of ${name} could not begin`, error);
+      return;
+    }
     running.firstFailureAt = deploying.firstFailureAt;
     running.done = this.runRollback(service, running);
     await running.done.catch((error: unknown) => this.deps.onError(`rollback of ${name} failed`, error));
@@ -323,6 +347,7 @@ export class Deployer {
       record,
       abort: new AbortController(),
       firstFailureAt: undefined,
+      takenOver: false,
       done: Promise.resolve(),
     };
     this.running.set(name, running);
@@ -339,12 +364,6 @@ export class Deployer {
   private finish(running: Running, outcome: ReleaseRecord['outcome'], reason: string): void {
     this.deps.book.end(running.record, outcome, reason, this.deps.clock.now());
     if (this.running.get(running.view.service) === running) this.running.delete(running.view.service);
-  }
-
-  private async stopDeploy(running: Running, outcome: ReleaseRecord['outcome'], reason: string): Promise<void> {
-    this.finish(running, outcome, reason);
-    running.abort.abort(new Error(reason));
-    await running.done;
   }
 
   private serviceOrThrow(name: string): ServiceController {

@@ -4,6 +4,18 @@ import { PassiveDetector } from '../health/index.js';
 import type { Runtime } from '../runtime/index.js';
 import type { Timer } from '../core/index.js';
 
+/** Attempts that ended, and falls out of service (into down or quarantined), since an instance began its version. */
+export interface Outcomes {
+  attempts: number;
+  failed: number;
+  firstFailedAt: number | undefined;
+  downs: number;
+}
+
+export function newOutcomes(): Outcomes {
+  return { attempts: 0, failed: 0, firstFailedAt: undefined, downs: 0 };
+}
+
 /** Everything with a lifetime that belongs to one instance. */
 export class InstanceHandle {
   readonly url: URL;
@@ -22,8 +34,8 @@ export class InstanceHandle {
   probeTimer: Timer | undefined;
   versionTimer: Timer | undefined;
 
-  /** Attempts that ended on this instance since `release` began, for a deploy's error rate. */
-  outcomes: { attempts: number; failed: number; firstFailedAt: number | undefined } = { attempts: 0, failed: 0, firstFailedAt: undefined };
+  /** What happened on this instance since `release` began, for a deploy's watch; replaced (not reset) at each version change. */
+  outcomes: Outcomes = newOutcomes();
 
   constructor(
     readonly config: InstanceConfig,

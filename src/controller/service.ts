@@ -16,7 +16,7 @@ import {
 import { readVersion, runProbe, type AttemptOutcome } from '../health/index.js';
 import { InstanceDownError, ProxyError, type Attempt, type Upstreams } from '../proxy/index.js';
 import { createRuntime, StartError, type Runtime } from '../runtime/index.js';
-import { InstanceHandle } from './instance.js';
+import { InstanceHandle, newOutcomes, type Outcomes } from './instance.js';
 
 export interface ServiceDeps {
   clock: Clock;
@@ -36,6 +36,9 @@ interface Waiter {
   timer: Timer;
   cleanup(): void;
 }
+
+/** States an instance falls into when it fails: each entry is one fall, for a deploy's watch. */
+const FALLEN = new Set(['down', 'quarantined']);
 
 /** Seconds a client is told to wait after a 503 from an empty queue. */
 const RETRY_AFTER_SECONDS = 5;
@@ -154,8 +157,8 @@ export class ServiceController implements Upstreams {
     return new Map([...this.handles].map(([name, handle]) => [name, handle.release]));
   }
 
-  /** Attempts and failed attempts on an instance since it last changed version. */
-  outcomes(instance: string): { attempts: number; failed: number; firstFailedAt: number | undefined } {
+  /** Attempts, failed attempts and falls out of service of an instance since it last changed version. */
+  outcomes(instance: string): Outcomes {
     return { ...this.handles.get(instance)!.outcomes };
   }
 
@@ -199,16 +202,22 @@ export class ServiceController implements Upstreams {
   async reinstall(name: string, version: string, options: { start: boolean; signal?: AbortSignal }): Promise<string | undefined> {
     const handle = this.handles.get(name);
     if (!handle) throw new Error(`service ${this.config.name} has no instance ${name}`);
-    const status = () => this.state.instances[name]!;
-    if (!(status().maintenance && status().state === 'stopped')) {
+    // Held already (a drain or move that was cut short): no second drain is needed.
+    if (!this.state.instances[name]!.maintenance) {
       const refused = this.dispatch({ type: 'drain', instance: name });
       if (refused !== undefined) throw new Error(refused);
     }
-    await this.waitFor((s) => s.instances[name]!.state === 'stopped', this.config.timeouts.total, options.signal, `${name} draining`);
-    await handle.runtime.stop();
+    try {
+      await this.waitFor((s) => s.instances[name]!.state === 'stopped', this.config.timeouts.total, options.signal, `${name} draining`);
+      await handle.runtime.stop();
+    } catch (error) {
+      // Not moved: the instance goes back to work on its version (a cold standby to its place) rather than stay held.
+      this.dispatch({ type: 'resume', instance: name, start: handle.config.tier !== 'cold' });
+      throw error;
+    }
     handle.runtime = this.runtimeFor(handle.config, version);
     handle.release = version;
-    handle.outcomes = { attempts: 0, failed: 0, firstFailedAt: undefined };
+    handle.outcomes = newOutcomes();
     this.watchExit(handle);
     if (!options.start) {
       const refused = this.dispatch({ type: 'resume', instance: name, start: false });
@@ -244,11 +253,14 @@ export class ServiceController implements Upstreams {
     const before = this.state;
     this.state = result.state;
     for (const [name, handle] of this.handles) {
+      const was = before.instances[name]!;
+      const now = this.state.instances[name]!;
       // Passive counts belong to one stretch of service: leaving it (down, draining, ...) starts them afresh.
-      if (isRoutable(before.instances[name]!) && !isRoutable(this.state.instances[name]!)) {
+      if (isRoutable(was) && !isRoutable(now)) {
         handle.generation += 1;
         handle.passive.reset();
       }
+      if (FALLEN.has(now.state) && !FALLEN.has(was.state)) handle.outcomes.downs += 1;
     }
     for (const action of result.actions) this.perform(action, now, traceId);
     this.scheduleTick();
@@ -405,6 +417,8 @@ export class ServiceController implements Upstreams {
     const controller = new AbortController();
     const abort = (reason: Error) => controller.abort(reason);
     const generation = handle.generation;
+    // Counted against the version the attempt began on, even when it ends after a fall (aborted in flight).
+    const outcomes = handle.outcomes;
     const name = handle.config.name;
     handle.inflight.add(abort);
     const slowAfter = handle.passive.slowAfter();
@@ -433,11 +447,11 @@ export class ServiceController implements Upstreams {
         finished = true;
         slowTimer?.cancel();
         handle.inflight.delete(abort);
-        if (handle.generation === generation && outcome !== 'client-abort' && outcome !== 'bad-request') {
-          handle.outcomes.attempts += 1;
+        if (outcome !== 'client-abort' && outcome !== 'bad-request') {
+          outcomes.attempts += 1;
           if (outcome !== 'ok') {
-            handle.outcomes.failed += 1;
-            handle.outcomes.firstFailedAt ??= this.deps.clock.now();
+            outcomes.failed += 1;
+            outcomes.firstFailedAt ??= this.deps.clock.now();
           }
         }
         const verdict = handle.generation === generation ? handle.passive.onOutcome(outcome, detail) : undefined;

@@ -417,6 +417,12 @@ class Run {
       instance.reason = 'held for maintenance';
       return undefined;
     }
+    if (instance.state === 'quarantined') {
+      // Already stopped (with its logs): held for maintenance, so a rollback can replace it.
+      instance.maintenance = true;
+      this.enter(instance, 'stopped', 'held for maintenance after quarantine');
+      return undefined;
+    }
     if (!RUNNING.has(instance.state) && instance.state !== 'down') return `${instance.name} is ${instance.state}`;
     if (this.state.active === instance.name) {
       const rejected = this.switchover(undefined);
@@ -431,6 +437,12 @@ class Run {
   private resume(instance: InstanceStatus, start: boolean): string | undefined {
     if (!instance.maintenance && instance.state !== 'quarantined') {
       return `${instance.name} is ${instance.state}; only a drained, stopped or quarantined instance can be resumed`;
+    }
+    if (instance.state === 'draining') {
+      // The drain is called off (it took too long): the process still runs, and its ready probe decides.
+      instance.maintenance = false;
+      this.enter(instance, 'suspect', 'drain called off; back in service once its ready probe passes');
+      return undefined;
     }
     if (!start && instance.state !== 'stopped') return `${instance.name} is ${instance.state}; only a stopped instance can stay stopped`;
     instance.maintenance = false;

@@ -362,6 +362,18 @@ describe('switchover and drain', () => {
     expect(h.send({ type: 'resume', instance: 'primary', start: false })).toMatch(/only a drained, stopped or quarantined instance/);
   });
 
+  it('calls off a drain that takes too long: the instance serves again once its probe passes', () => {
+    const h = booted();
+    expect(h.send({ type: 'drain', instance: 'hot' })).toBeUndefined();
+    expect(h.stateOf('hot')).toBe('draining');
+    expect(h.send({ type: 'resume', instance: 'hot' })).toBeUndefined();
+    expect(h.stateOf('hot')).toBe('suspect');
+    expect(h.state.instances.hot!.maintenance).toBe(false);
+    expect(h.take().filter((a) => a.type === 'start' || a.type === 'stop')).toEqual([]);
+    h.send({ type: 'probe', instance: 'hot', probe: 'ready', ok: true, detail: '200' });
+    expect(h.stateOf('hot')).toBe('ready');
+  });
+
   it('refuses to drain the only ready instance', () => {
     const h = booted(service({ drop: ['hot'] }));
     expect(h.send({ type: 'drain', instance: 'primary' })).toBe(
@@ -387,6 +399,26 @@ describe('flap damping', () => {
     expect(actions.filter((a) => a.type === 'emit' && a.event.type === 'quarantined')).toHaveLength(1);
     h.advance(3_600_000);
     expect(h.take().filter((a) => a.type === 'start')).toEqual([]);
+    expect(h.send({ type: 'resume', instance: 'primary' })).toBeUndefined();
+    expect(h.stateOf('primary')).toBe('starting');
+  });
+
+  it('holds a quarantined instance for maintenance when drained, so it can be replaced and resumed', () => {
+    const h = booted(service({ drop: ['cold'] }));
+    for (let i = 0; i < 3; i++) {
+      h.send({ type: 'exited', instance: 'primary', code: 1, signal: null });
+      if (i < 2) {
+        h.advance(5000);
+        h.ready('primary');
+      }
+    }
+    expect(h.stateOf('primary')).toBe('quarantined');
+    h.take();
+    expect(h.send({ type: 'drain', instance: 'primary' })).toBeUndefined();
+    expect(h.stateOf('primary')).toBe('stopped');
+    expect(h.state.instances.primary!.maintenance).toBe(true);
+    // Already stopped by the quarantine: nothing more to stop.
+    expect(h.take().filter((a) => a.type === 'stop' || a.type === 'start')).toEqual([]);
     expect(h.send({ type: 'resume', instance: 'primary' })).toBeUndefined();
     expect(h.stateOf('primary')).toBe('starting');
   });

@@ -14,7 +14,7 @@ afterAll(() => {
 });
 
 /** Model directories, one per release, as a model server loads them: models/<version>/model.json. */
-function releases(models: Record<string, { failAfter?: number }>): string {
+function releases(models: Record<string, { failAfter?: number; exitAfter?: number }>): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'understudy-releases-'));
   dirs.push(dir);
   for (const [version, extra] of Object.entries(models)) {
@@ -24,7 +24,7 @@ function releases(models: Record<string, { failAfter?: number }>): string {
   return dir;
 }
 
-function config(dir: string, ports: number[], deploy: string): string {
+function config(dir: string, ports: number[], deploy: string, extra = ''): string {
   const instance = (name: string, tier: string, port: number) => versionedInstance(dir, name, tier, port);
   return `stateDir: STATE
 gateway: { listen: "127.0.0.1:0" }
@@ -34,7 +34,7 @@ services:
     route: { pathPrefix: / }
     version: { expect: "1", probe: { interval: 1s } }
     passive: { failures: 3 }
-    deploy: ${deploy}
+    deploy: ${deploy}${extra}
     instances:${instance('primary', 'primary', ports[0]!)}${instance('hot', 'hot', ports[1]!)}
 `;
 }
@@ -101,6 +101,59 @@ describe('deploy with automatic rollback', () => {
     // Refusals change nothing.
     await expect(gateway.app.deploys.deploy('infer', '2')).rejects.toThrow('service infer already runs version 2');
     await expect(gateway.app.deploys.deploy('nope', '2')).rejects.toThrow('no service named nope');
+  });
+
+  it('rolls back a crash-looping version whose instance was quarantined', async () => {
+    // Version 2 passes its checks, then its process exits 1.5 s after every start.
+    const dir = releases({ '1': {}, '2': { exitAfter: 1500 } });
+    const ports = await freePorts(2);
+    const gateway = await startGateway(
+      config(dir, ports, '{ watch: 60s, rollback: { downs: 5 } }', '\n    quarantine: { failures: 2, within: 5m }'),
+    );
+    await gateway.event((e) => e.type === 'active-changed' && e.to === 'primary', 20_000, 'the primary serving');
+    const rolledBack = gateway.event(is('rollback-finished'), 60_000, 'the rollback');
+    const traffic = load(gateway, rolledBack);
+    await gateway.app.deploys.deploy('infer', '2');
+    const finished = await rolledBack;
+    const seen = await traffic;
+
+    expect(finished).toMatchObject({ from: '2', to: '1', ok: true });
+    const failed = gateway.app.events.list({ type: 'deploy-failed' });
+    expect(failed[0]?.reason).toMatch(/hot on version 2 crash-looped and was quarantined/);
+    expect(seen.failed).toEqual([]);
+    expect(await versionOf(ports[1]!)).toBe('1');
+    const hot = gateway.app.service('infer')!.machineState().instances.hot!;
+    expect(hot).toMatchObject({ state: 'ready', maintenance: false, version: '1' });
+  });
+
+  it('lets a person roll back a deploy during its watch; nothing else begins while the deploy unwinds', async () => {
+    const dir = releases({ '1': {}, '2': {} });
+    const ports = await freePorts(2);
+    const gateway = await startGateway(config(dir, ports, '{ watch: 10m }'));
+    await gateway.event((e) => e.type === 'active-changed' && e.to === 'primary', 20_000, 'the primary serving');
+    const watching = gateway.event((e) => e.type === 'deploy-step' && e.step === 'watch', 60_000, 'the watch');
+    await gateway.app.deploys.deploy('infer', '2');
+    await watching;
+
+    const rollback = gateway.app.deploys.rollback('infer', 'a person saw a problem');
+    await expect(gateway.app.deploys.deploy('infer', '3')).rejects.toThrow(/is running/);
+    await expect(gateway.app.deploys.rollback('infer', 'twice')).rejects.toThrow(/already running/);
+    expect(await rollback).toMatchObject({ kind: 'rollback', from: '2', to: '1' });
+    await gateway.app.deploys.settled('infer');
+
+    const failed = gateway.app.events.list({ type: 'deploy-failed' });
+    expect(failed.map((e) => e.reason)).toEqual(['stopped by a rollback: a person saw a problem']);
+    expect(gateway.app.events.list({ type: 'rollback-finished' })).toMatchObject([{ ok: true, to: '1' }]);
+    expect(await versionOf(ports[1]!)).toBe('1');
+    expect(gateway.app.releases.get('infer')!.history.map((r) => [r.kind, r.outcome])).toEqual([
+      ['deploy', 'rolled-back'],
+      ['rollback', 'done'],
+    ]);
+    const states = Object.values(gateway.app.service('infer')!.machineState().instances).map((i) => [i.name, i.state, i.maintenance]);
+    expect(states).toEqual([
+      ['primary', 'ready', false],
+      ['hot', 'ready', false],
+    ]);
   });
 
   it('refuses a version whose instance does not start, and leaves the service on the old one', async () => {
