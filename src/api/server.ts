@@ -7,6 +7,7 @@ import { BackupError } from '../backup/index.js';
 import { parseDuration } from '../config/index.js';
 import { ReleaseError, type Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
+import { DrillError, FAULT_KINDS, type FaultKind } from '../drill/index.js';
 import { itemsInOrder, JobError, resultBytes, resultLine, StoreError, type JobState, type JobView } from '../jobs/index.js';
 import { tokenMatches } from './token.js';
 
@@ -27,6 +28,10 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *
  *   GET  /v1/snapshots?service=      snapshots, newest first (damaged ones marked broken), next scheduled runs
  *   POST /v1/snapshots {"service"}   take one now (201)
+ *   POST /v1/services/:service/drill {"fault","instance"?}  begin a drill (202; its report follows as drill-finished)
+ *   GET  /v1/drills?service=         drill reports kept, oldest first, and the next scheduled drills
+ *   GET  /v1/drills/:id              one report, whole (samples, states, marks)
+ *   GET  /v1/alerts?service=&limit=  alerts raised, newest last, and whether each was sent
  *   GET  /v1/snapshots/:id           its manifest
  *   POST /v1/snapshots/verify {"id"?}  re-hash every blob; names each damaged file
  *   POST /v1/snapshots/prune {"dryRun"?}  apply retention
@@ -112,6 +117,23 @@ export class AdminServer {
           const status = error.code === 'SNAPSHOT_NOT_FOUND' ? 404 : error.code === 'INVALID_INPUT' ? 400 : error.code === 'SNAPSHOT_CORRUPT' ? 409 : 500;
           return send(res, status, { error: { code: error.code, message: error.message, ...error.details } });
         }
+        throw error;
+      }
+    }
+
+    if (route === 'GET /v1/alerts') {
+      const limit = Number(url.searchParams.get('limit') ?? 100);
+      const service = url.searchParams.get('service') ?? undefined;
+      const alerts = this.app.alerts.recent({ service, limit: Number.isInteger(limit) && limit > 0 ? limit : 100 });
+      return send(res, 200, { alerts: alerts.map(({ event: _event, ...alert }) => alert) });
+    }
+
+    const drill = /^\/v1\/(?:services\/([^/]+)\/drill|drills(?:\/([^/]+))?)$/.exec(url.pathname);
+    if (drill) {
+      try {
+        return await this.drill(req, res, url, drill[1] === undefined ? undefined : decodeURIComponent(drill[1]), drill[2] === undefined ? undefined : decodeURIComponent(drill[2]));
+      } catch (error) {
+        if (error instanceof DrillError) return send(res, error.status, { error: { code: error.code, message: error.message } });
         throw error;
       }
     }
@@ -209,6 +231,26 @@ export class AdminServer {
       return send(res, 400, { error: { code: 'BAD_FIELD', message: '"to" must name a version' } });
     }
     return send(res, 202, { rollback: await this.app.deploys.rollback(name, 'rollback requested', to as string | undefined) });
+  }
+
+  private async drill(req: IncomingMessage, res: ServerResponse, url: URL, service: string | undefined, id: string | undefined): Promise<void> {
+    const drills = this.app.drills;
+    if (service === undefined) {
+      if (req.method !== 'GET') return notFound(res);
+      if (id !== undefined) return send(res, 200, { drill: await drills.get(id) });
+      return send(res, 200, { drills: await drills.list(url.searchParams.get('service') ?? undefined), schedules: drills.nextRuns() });
+    }
+    if (req.method !== 'POST') return notFound(res);
+    const body = await readJson(req, 64 * 1024);
+    if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
+    const { fault, instance } = body as { fault?: unknown; instance?: unknown };
+    if (typeof fault !== 'string') {
+      return send(res, 400, { error: { code: 'BAD_FIELD', message: `"fault" must be one of ${FAULT_KINDS.join(', ')}` } });
+    }
+    if (instance !== undefined && typeof instance !== 'string') return send(res, 400, { error: { code: 'BAD_FIELD', message: '"instance" must name an instance' } });
+    const begun = drills.begin({ service, fault: fault as FaultKind, instance });
+    begun.done.catch((error: unknown) => this.app.log.error({ err: error }, `drill ${begun.id} failed`));
+    return send(res, 202, { drill: { id: begun.id, service, fault: begun.fault, instances: begun.instances } });
   }
 
   private async jobs(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {

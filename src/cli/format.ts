@@ -1,6 +1,7 @@
 import type { JobView } from '../api/index.js';
-import type { DeployView, ReleaseRecord, ServiceView } from '../controller/index.js';
+import type { DeployView, DrillSummary, ReleaseRecord, ServiceView } from '../controller/index.js';
 import type { UnderstudyEvent } from '../core/index.js';
+import type { Alert } from '../observe/index.js';
 
 /** Plain aligned columns, like `docker ps`. */
 export function table(rows: string[][]): string {
@@ -87,6 +88,15 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'snapshots-pruned':
       what = event.type;
       break;
+    case 'drill-started':
+      what = `drill ${event.drill}: ${event.fault} on ${event.instances.join(', ')}`;
+      break;
+    case 'drill-finished':
+      what = `drill ${event.drill} ${event.passed ? 'passed' : 'FAILED'}`;
+      break;
+    case 'drill-skipped':
+      what = `drill (${event.fault}) skipped`;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }
@@ -168,3 +178,46 @@ export function formatReleases(view: ReleasesView): string {
   return lines.join('\n');
 }
 
+
+const ms = (value: number | null): string => (value === null ? 'never' : value < 1000 ? `${Math.round(value)} ms` : `${(value / 1000).toFixed(2)} s`);
+
+/** A drill's outcome in a few lines, for the terminal; report.md has the whole of it. */
+export function formatDrill(report: DrillSummary): string {
+  const r = report.requests;
+  const lines = [
+    `drill ${report.id}: ${report.passed ? 'PASSED' : 'FAILED'}: ${report.verdict}`,
+    table([
+      ['fault', `${report.fault} on ${report.instances.join(', ')}`],
+      ['noticed after', ms(report.detectedMs)],
+      ['answered again after', ms(report.recoveredMs)],
+      ['back as before after', ms(report.restoredMs)],
+      ['probe requests', `${r.sent} sent, ${r.ok} ok, ${r.failed} failed`],
+      ['latency before (p50/p99)', `${ms(r.before.p50)} / ${ms(r.before.p99)}`],
+      ['latency during (p50/p99/max)', `${ms(r.during.p50)} / ${ms(r.during.p99)} / ${ms(r.during.max)}`],
+      ['job items', report.job ? `${report.job.items}: ${report.job.succeeded} done, ${report.job.lost} lost, ${report.job.redone} redone` : 'no job'],
+    ]),
+  ];
+  for (const failure of r.failures) lines.push(`  failed: ${failure}`);
+  for (const note of report.notes) lines.push(`  note: ${note}`);
+  lines.push(`report: ${report.dir}/report.md (timeline: ${report.dir}/timeline.svg)`);
+  return lines.join('\n');
+}
+
+export function formatDrills(drills: DrillSummary[]): string {
+  if (drills.length === 0) return '(no drills yet: `understudy drill SERVICE --fault kill`)';
+  const rows = [['DRILL', 'FAULT', 'ON', 'RESULT', 'ANSWERED AGAIN', 'FAILED', 'LOST', 'TRIGGER']];
+  for (const d of drills) {
+    rows.push([d.id, d.fault, d.instances.join(','), d.passed ? 'passed' : 'FAILED', ms(d.recoveredMs), String(d.requests.failed), String(d.job?.lost ?? 0), d.trigger]);
+  }
+  return table(rows);
+}
+
+export function formatAlerts(alerts: Omit<Alert, 'event'>[]): string {
+  if (alerts.length === 0) return '(no alerts)';
+  return alerts
+    .map((a) => {
+      const delivery = a.suppressed ? 'repeat, not sent' : a.sent ? 'sent' : 'not sent';
+      return `${new Date(a.time).toISOString()}  ${a.severity.toUpperCase().padEnd(8)}  ${a.service}  ${a.title} (${delivery})\n    ${a.detail}`;
+    })
+    .join('\n');
+}

@@ -3,9 +3,11 @@ import { Command, InvalidArgumentError } from 'commander';
 import { AdminClient, AdminServer, ensureToken, tokenFile } from '../api/index.js';
 import { formatBytes, SnapshotStore, type Manifest, type SnapshotListing, type VerifyReport } from '../backup/index.js';
 import { ConfigError, loadConfigFile, parseDuration, type Config } from '../config/index.js';
-import { Understudy, type ServiceView } from '../controller/index.js';
+import { Understudy, type DrillSummary, type ServiceView } from '../controller/index.js';
+import { FAULT_KINDS } from '../drill/index.js';
+import type { Alert } from '../observe/index.js';
 import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
-import { formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
+import { formatAlerts, formatDrill, formatDrills, formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
 import { jobCommands } from './jobs.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
@@ -262,7 +264,102 @@ snapshot
     console.log(`${id}: restored ${result.files} files, ${formatBytes(result.bytes)}${result.images.length ? `; pulled ${result.images.join(', ')}` : ''}`);
   });
 
+program
+  .command('drill')
+  .description('fail an instance of a running service on purpose, measure the recovery, and put the service back as it was')
+  .argument('<service>', 'the service')
+  .requiredOption('--fault <kind>', `what to do: ${FAULT_KINDS.join(', ')}`, faultArg)
+  .option('--instance <name>', 'the instance to fail (default: the active one; cold-start fails every warm one)')
+  .option('--no-wait', 'return once the drill has begun')
+  .option(...configOption)
+  .addHelpText(
+    'after',
+    `
+Faults:
+  kill        SIGKILL the instance's process (a crash, an OOM kill)
+  hang        SIGSTOP it for drill.hold (a wedged GPU driver, a deadlock), then SIGCONT
+  error       the gateway answers the instance's attempts with 500 for drill.hold
+  slow        the gateway holds each attempt drill.delay before sending it, for drill.hold
+  cold-start  the warm standbys are held and the active instance killed, so the cold
+              standby must start and serve; then everything is put back
+
+While it runs, probe requests (drill.request, else deploy.smoke) go through the gateway at
+drill.rate per second (at most drill.requests), and a job of drill.jobItems items is
+submitted just before the fault. Only a healthy service is drilled, never during a deploy.
+
+The report (report.md, report.json and a timeline picture, timeline.svg) is kept in
+STATEDIR/drills/<id>/ and summed up in a drill-finished event.
+
+Example:
+  understudy drill tts --fault kill
+  understudy drills                   # every report kept
+
+Exit status: 0 passed (no failed request, no lost item, back as before), 3 failed.`,
+  )
+  .action(async (service: string, options: { fault: string; instance?: string; wait: boolean; config: string }) => {
+    const admin = client(options.config);
+    const since = Date.now() - 1000;
+    const { drill } = await admin.call<{ drill: { id: string; instances: string[] } }>('POST', `/v1/services/${enc(service)}/drill`, {
+      fault: options.fault,
+      ...(options.instance ? { instance: options.instance } : {}),
+    });
+    console.log(`${service}: drill ${drill.id}: ${options.fault} on ${drill.instances.join(', ')}`);
+    if (!options.wait) return;
+    const report = await followDrill(admin, service, drill.id, since);
+    console.log(formatDrill(report));
+    process.exitCode = report.passed ? 0 : 3;
+  });
+
+program
+  .command('drills')
+  .description('list the drill reports kept (see `understudy drill`)')
+  .option('--service <name>', 'only this service')
+  .option('--json', 'print the raw JSON')
+  .option(...configOption)
+  .action(async (options: { service?: string; json?: boolean; config: string }) => {
+    const query = options.service ? `?service=${enc(options.service)}` : '';
+    const view = await client(options.config).call<{ drills: DrillSummary[]; schedules: Record<string, string | null> }>('GET', `/v1/drills${query}`);
+    if (options.json) return console.log(JSON.stringify(view, null, 2));
+    console.log(formatDrills(view.drills));
+    for (const [name, next] of Object.entries(view.schedules)) if (next) console.log(`next scheduled drill of ${name}: ${next}`);
+  });
+
+program
+  .command('alerts')
+  .description('alerts raised (a failed backup or rollback, a quarantine, a standby on the wrong version, a failed drill...) and whether each was sent')
+  .option('--service <name>', 'only this service')
+  .option('--limit <n>', 'the newest n', countArg, 50)
+  .option('--json', 'print the raw JSON')
+  .option(...configOption)
+  .action(async (options: { service?: string; limit: number; json?: boolean; config: string }) => {
+    const query = new URLSearchParams({ limit: String(options.limit), ...(options.service ? { service: options.service } : {}) });
+    const { alerts } = await client(options.config).call<{ alerts: Omit<Alert, 'event'>[] }>('GET', `/v1/alerts?${query}`);
+    console.log(options.json ? JSON.stringify(alerts, null, 2) : formatAlerts(alerts));
+  });
+
 program.addCommand(jobCommands(configOption, client));
+
+/** Prints what happens to the service while a drill runs; resolves with its report. */
+async function followDrill(admin: AdminClient, service: string, id: string, since: number): Promise<DrillSummary> {
+  const printed = new Set<string>();
+  for (;;) {
+    const query = new URLSearchParams({ service, since: String(since), limit: '1000' });
+    const { events } = await admin.call<{ events: UnderstudyEvent[] }>('GET', `/v1/events?${query}`);
+    for (const event of events) {
+      const key = `${event.time} ${event.type} ${event.reason}`;
+      if (printed.has(key) || event.type.startsWith('job-') || event.type === 'item-failed') continue;
+      printed.add(key);
+      if (event.type === 'drill-finished' && event.drill === id) {
+        const { drills } = await admin.call<{ drills: DrillSummary[] }>('GET', `/v1/drills?service=${enc(service)}`);
+        const report = drills.find((d) => d.id === id);
+        if (!report) throw new UnderstudyError('NO_REPORT', `drill ${id} ended but its report could not be read: ${event.reason}`);
+        return report;
+      }
+      console.log(formatEvent(event));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
 
 /** Prints the steps of a deploy or rollback until it ends; the exit code says how it ended. */
 async function followRelease(admin: AdminClient, service: string, kind: 'deploy' | 'rollback'): Promise<number> {
@@ -301,6 +398,11 @@ function durationArg(value: string): number {
   const ms = parseDuration(value);
   if (ms === undefined) throw new InvalidArgumentError('expected a duration such as 30s, 10m or 2h');
   return ms;
+}
+
+function faultArg(value: string): string {
+  if (!(FAULT_KINDS as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${FAULT_KINDS.join(', ')}`);
+  return value;
 }
 
 function countArg(value: string): number {

@@ -1,7 +1,9 @@
 export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 export { loadConfigFile, parseConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
 export type {
+  AlertsConfig,
   DeployConfig,
+  DrillConfig,
   SmokeConfig,
   BackupConfig,
   DockerRuntimeConfig,

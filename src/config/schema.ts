@@ -307,6 +307,53 @@ const deploy = z.strictObject({
     .default({ errorRate: 0.1, minRequests: 20, downs: 1 }),
 });
 
+// ---------------------------------------------------------------- drills
+
+const FAULTS = ['kill', 'hang', 'error', 'slow', 'cold-start'] as const;
+
+const drill = z.strictObject({
+  /** The probe request a drill sends through the gateway, and what a good answer is. Default: deploy.smoke. */
+  request: smoke.optional(),
+  /** Probe requests at most, per drill. Default 400. */
+  requests: count(1).max(100_000).default(400),
+  /** Probe requests per second. Default 20. */
+  rate: z.number().gt(0).max(1000).default(20),
+  /** Items of a job run through the service during the drill, to count lost and redone items (0: none). Default 10. */
+  jobItems: count(0).max(10_000).default(10),
+  /** How long a hang, error or slow fault is held. Default 5s. */
+  hold: positiveDuration.default(5000),
+  /** How long a slow fault holds each request. Default 5s. */
+  delay: positiveDuration.default(5000),
+  /** Bound on the whole drill: the service must be back as it was within this. Default 2m. */
+  timeout: positiveDuration.default(120_000),
+  /** When to run a drill, in cron syntax. Default: never by schedule. */
+  schedule: cron.optional(),
+  /** Fault kinds scheduled drills take in turn. Default: every kind the service's instances allow. */
+  faults: z.array(z.enum(FAULTS)).min(1).optional(),
+});
+
+const DRILL_DEFAULT = { requests: 400, rate: 20, jobItems: 10, hold: 5000, delay: 5000, timeout: 120_000 };
+
+// ---------------------------------------------------------------- alerts
+
+const alerts = z.strictObject({
+  /** URLs that get each alert as a JSON POST. */
+  webhooks: z
+    .array(
+      z.union([
+        httpUrl.transform((url) => ({ url, headers: {} as Record<string, string> })),
+        z.strictObject({ url: httpUrl, headers: z.record(z.string(), z.string()).default({}) }),
+      ]),
+    )
+    .default([]),
+  /** A command run for each alert, with the alert as JSON on its standard input. */
+  command: z.array(z.string().min(1)).min(1).optional(),
+  /** Alerts below this severity are kept and listed but not sent. Default warning. */
+  minSeverity: z.enum(['warning', 'critical']).default('warning'),
+  /** The same alert (service, kind, instance) is sent again only after this long. Default 10m. */
+  repeatAfter: duration.default(600_000),
+});
+
 const instance = z.strictObject({
   tier,
   /** Order inside a tier: lower is preferred. Default 0. */
@@ -361,6 +408,8 @@ const service = z.strictObject({
   deploy: deploy.default({ watch: 300_000, rollback: { errorRate: 0.1, minRequests: 20, downs: 1 } }),
   /** What is backed up for this service, and when. */
   backup: serviceBackup.optional(),
+  /** How `understudy drill` rehearses a failure of this service, and when by schedule. */
+  drill: drill.default(DRILL_DEFAULT),
   /** When traffic returns to the preferred instance after a failover. Default never (keepalived's nopreempt). */
   failback: failback.default({ policy: 'never' }),
   timeouts: z
@@ -482,6 +531,8 @@ export const configSchema = z.strictObject({
   idempotency: idempotency.default({ ttl: 86_400_000, maxResponse: 16 * MiB }),
   /** Snapshots of known-good versions. */
   backup: backup.default({ retention: RETENTION_DEFAULT }),
+  /** Where alerts (a failed backup or rollback, a quarantine, a failed drill...) are sent. */
+  alerts: alerts.default({ webhooks: [], minSeverity: 'warning', repeatAfter: 600_000 }),
   /** How the docker runtime reaches the Docker Engine. */
   docker: z
     .strictObject({
@@ -508,3 +559,5 @@ export type RetentionConfig = z.output<typeof retention>;
 export type BackupConfig = z.output<typeof backup>;
 export type ServiceBackupConfig = z.output<typeof serviceBackup>;
 export type IdempotencyConfig = z.output<typeof idempotency>;
+export type DrillConfig = z.output<typeof drill>;
+export type AlertsConfig = z.output<typeof alerts>;

@@ -3,3 +3,4 @@ export { Understudy } from './understudy.js';
 export { Deployer, smokeTest, type DeployBackups, type DeployView } from './deploy.js';
 export { ReleaseBook, ReleaseError, type ReleaseRecord, type ServiceReleases } from './releases.js';
 export { Backups } from './backups.js';
+export { Drills, type DrillOrder, type DrillSummary } from './drills.js';

@@ -1,6 +1,7 @@
 import { Pool } from 'undici';
 import type { InstanceConfig } from '../config/index.js';
 import { PassiveDetector } from '../health/index.js';
+import type { InjectedFault } from '../proxy/index.js';
 import type { Runtime } from '../runtime/index.js';
 import type { Timer } from '../core/index.js';
 
@@ -33,6 +34,9 @@ export class InstanceHandle {
   probeLoop: object | undefined;
   probeTimer: Timer | undefined;
   versionTimer: Timer | undefined;
+
+  /** A fault a drill injects in front of this instance, while it runs. */
+  fault: InjectedFault | undefined;
 
   /** What happened on this instance since `release` began, for a deploy's watch; replaced (not reset) at each version change. */
   outcomes: Outcomes = newOutcomes();

@@ -14,7 +14,7 @@ import {
   type UnderstudyEvent,
 } from '../core/index.js';
 import { readVersion, runProbe, type AttemptOutcome } from '../health/index.js';
-import { InstanceDownError, ProxyError, type Attempt, type Upstreams } from '../proxy/index.js';
+import { InstanceDownError, ProxyError, type Attempt, type InjectedFault, type Upstreams } from '../proxy/index.js';
 import { createRuntime, StartError, type Runtime } from '../runtime/index.js';
 import { InstanceHandle, newOutcomes, type Outcomes } from './instance.js';
 
@@ -160,6 +160,18 @@ export class ServiceController implements Upstreams {
   /** Attempts, failed attempts and falls out of service of an instance since it last changed version. */
   outcomes(instance: string): Outcomes {
     return { ...this.handles.get(instance)!.outcomes };
+  }
+
+  /** Puts a drill's fault in front of an instance (undefined lifts it); attempts that begin from now on meet it. */
+  injectFault(instance: string, fault: InjectedFault | undefined): void {
+    const handle = this.handles.get(instance);
+    if (!handle) throw new Error(`service ${this.config.name} has no instance ${instance}`);
+    handle.fault = fault;
+  }
+
+  /** The process id of an instance Understudy runs (for a docker instance, its model server's), if running. */
+  pidOf(instance: string): number | undefined {
+    return this.handles.get(instance)?.runtime.pid;
   }
 
   /** What the machine knows now (a copy is not made: do not change it). */
@@ -435,6 +447,7 @@ export class ServiceController implements Upstreams {
       instance: name,
       url: handle.url,
       dispatcher: handle.pool,
+      fault: handle.fault,
       signal: controller.signal,
       abort,
       firstByte: (ms: number) => {

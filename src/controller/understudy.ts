@@ -4,10 +4,11 @@ import type { Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
-import { EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
+import { Alerter, EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
 import { Gateway, Idempotency, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
 import { Backups } from './backups.js';
 import { Deployer } from './deploy.js';
+import { Drills } from './drills.js';
 import { ReleaseBook, ReleaseError } from './releases.js';
 import { ServiceController, type ServiceView } from './service.js';
 
@@ -21,8 +22,13 @@ export class Understudy {
   readonly events: EventLog;
   readonly metrics = new Metrics();
   readonly log: Logger;
+  /** Alerts raised from events (a failed backup or rollback, a quarantine...), sent to the configured webhooks and command. */
+  readonly alerts: Alerter;
+  readonly drills: Drills;
   private readonly services = new Map<string, ServiceController>();
   private readonly gateway: Gateway;
+  /** Which of the gateway's listeners serves each service. */
+  private readonly listenerOf = new Map<string, number>();
   private readonly proxyHooks: ProxyHooks;
   private store: JobStore | undefined;
   private book: ReleaseBook | undefined;
@@ -46,6 +52,8 @@ export class Understudy {
     );
     this.events.subscribe((event) => this.metrics.observe(event));
     this.events.subscribe((event) => this.logEvent(event));
+    this.alerts = new Alerter(config.alerts, { onError: (message, error) => this.log.error({ err: error }, message) });
+    this.alerts.attach(this.events);
 
     for (const service of config.services) {
       const labels = { service: service.name };
@@ -66,6 +74,18 @@ export class Understudy {
     }
     this.proxyHooks = this.hooks();
     this.gateway = new Gateway(this.listeners(), this.proxyHooks);
+    this.drills = new Drills({
+      services: (name) => this.services.get(name),
+      serviceNames: () => [...this.services.keys()],
+      events: this.events,
+      jobs: () => this.runner,
+      deploys: () => this.deployer,
+      target: (name) => this.clientTarget(name),
+      dir: path.join(config.stateDir, 'drills'),
+      clock,
+      publish: (service, event) => this.events.publish({ ...event, service, time: clock.now(), traceId: randomBytes(8).toString('hex') }),
+      onError: (message, error) => this.log.error({ err: error }, message),
+    });
   }
 
   /** The job store; there once Understudy has started. */
@@ -162,6 +182,7 @@ export class Understudy {
       for (const { service, version } of changed) void this.deployChangedConfig(service, version);
       await this.backupKeeper.start();
       await this.runner.start();
+      this.drills.start();
       this.lifecycle = 'running';
     } catch (error) {
       this.lifecycle = 'failed';
@@ -182,6 +203,8 @@ export class Understudy {
         }
       };
       clearInterval(this.pruneTimer);
+      // Drills first: each lifts its fault and puts its service back while everything still runs.
+      await step('ending drills', () => this.drills.close());
       // Jobs first: their items in flight are abandoned, to run again at the next start.
       await step('stopping jobs', async () => this.runner?.close());
       // A deploy cut short is not resumed: the next start runs the version last recorded as current.
@@ -192,6 +215,7 @@ export class Understudy {
         await Promise.all([...this.services.values()].map((service) => service.close()));
       });
       await step('closing the job store', async () => this.store?.close());
+      await step('sending alerts', () => this.alerts.close());
       await step('flushing events', () => this.events.close());
       this.lifecycle = 'stopped';
     })();
@@ -230,15 +254,40 @@ export class Understudy {
   private listeners(): ListenerSpec[] {
     const shared: ListenerSpec = { ...this.config.gateway.listen, routes: [] };
     const listeners: ListenerSpec[] = [];
+    const own = new Map<string, number>();
     for (const service of this.config.services) {
       const upstreams = this.services.get(service.name)!;
       const { route } = service;
-      if (route.listen) listeners.push({ ...route.listen, routes: [{ upstreams, stripPrefix: false }] });
+      if (route.listen) {
+        own.set(service.name, listeners.length);
+        listeners.push({ ...route.listen, routes: [{ upstreams, stripPrefix: false }] });
+      }
       if (route.pathPrefix !== undefined || route.host !== undefined) {
         shared.routes.push({ upstreams, pathPrefix: route.pathPrefix, host: route.host, stripPrefix: route.stripPrefix });
       }
     }
-    return shared.routes.length > 0 ? [shared, ...listeners] : listeners;
+    const withShared = shared.routes.length > 0;
+    for (const service of this.config.services) {
+      const index = own.get(service.name);
+      this.listenerOf.set(service.name, index === undefined ? 0 : index + Number(withShared));
+    }
+    return withShared ? [shared, ...listeners] : listeners;
+  }
+
+  /** How a client reaches `name` through the gateway: the listener, the path prefix to add, the Host to send. */
+  private clientTarget(name: string): { origin: string; path: string; headers: Record<string, string> } {
+    const service = this.services.get(name)!.config;
+    const address = this.gateway.addresses()[this.listenerOf.get(name)!]!;
+    const host = address.host === '0.0.0.0' ? '127.0.0.1' : address.host === '::' ? '::1' : address.host;
+    const port = address.port;
+    const origin = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    const request = service.drill.request ?? service.deploy.smoke;
+    const { route } = service;
+    // The probe request's path is the instance's: a route that strips its prefix gets it added back.
+    const ownListener = route.listen !== undefined;
+    const prefix = !ownListener && route.stripPrefix && route.pathPrefix ? route.pathPrefix.replace(/\/$/, '') : '';
+    const headers: Record<string, string> = !ownListener && route.host !== undefined ? { host: route.host } : {};
+    return { origin, path: `${prefix}${request?.path ?? '/'}`, headers };
   }
 
   private hooks(): ProxyHooks {

@@ -145,6 +145,11 @@ class Run {
         return this.withInstance(input.instance, (instance) => this.resume(instance, input.start ?? true));
       case 'expect':
         return this.expect(input.versions);
+      case 'forgive':
+        return this.withInstance(input.instance, (instance) => {
+          instance.failureTimes = [];
+          instance.restarts = 0;
+        });
     }
   }
 

@@ -92,7 +92,27 @@ export type EventBody =
       ok: boolean;
       reason: string;
     }
-  | SnapshotEventBody;
+  | SnapshotEventBody
+  | DrillEventBody;
+
+/** A drill's start and end: see docs/recovery.md. */
+export type DrillEventBody =
+  | { type: 'drill-started'; drill: string; fault: string; instances: string[]; trigger: 'manual' | 'schedule'; reason: string }
+  | {
+      type: 'drill-finished';
+      drill: string;
+      fault: string;
+      instances: string[];
+      passed: boolean;
+      /** From the fault to the first good answer from an instance it did not hit. */
+      recoveredMs: number | null;
+      failedRequests: number;
+      lostItems: number;
+      /** The report's folder. */
+      report: string;
+      reason: string;
+    }
+  | { type: 'drill-skipped'; fault: string; reason: string };
 
 /** A snapshot's lifecycle: see docs/recovery.md. */
 export type SnapshotEventBody =
@@ -123,6 +143,8 @@ export type Input =
   | { type: 'drained'; instance: string }
   /** Ends maintenance; `start: false` leaves a stopped instance stopped (a cold standby back in its place). */
   | { type: 'resume'; instance: string; start?: boolean }
+  /** Forgets an instance's recent failures (a drill caused them on purpose), so they count toward no quarantine. */
+  | { type: 'forgive'; instance: string }
   /** A deploy or rollback changes which versions are admitted. */
   | { type: 'expect'; versions: string[] };
 

@@ -1,4 +1,5 @@
 export { JobError, StoreError } from './errors.js';
+export { FINAL_STATES } from './types.js';
 export { DurableFile, JobFiles } from './files.js';
 export { itemsInOrder, parseWav, resultBytes, resultLine } from './output.js';
 export { JobRunner, type JobView, type RunnerOptions } from './runner.js';

@@ -1,3 +1,4 @@
+export { Alerter, alertFor, type Alert, type Severity } from './alerts.js';
 export { EventLog } from './events.js';
 export { createLogger, type Logger } from './log.js';
 export { Metrics } from './metrics.js';

@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
 import { errors as undiciErrors, type Dispatcher } from 'undici';
 import type { AttemptOutcome } from '../health/index.js';
 import { InstanceDownError, ProxyError } from './errors.js';
@@ -337,7 +338,12 @@ export async function exchange(
 
     let response: Dispatcher.ResponseData;
     try {
-      response = await attempt.dispatcher.request({
+      if (attempt.fault?.kind === 'slow') {
+        // Held as a slow model is: past timeouts.firstByte it is a timeout, as it would be for real.
+        await delay(Math.min(attempt.fault.delayMs, config.timeouts.firstByte), undefined, { signal: attempt.signal });
+        if (attempt.fault.delayMs > config.timeouts.firstByte) throw new undiciErrors.HeadersTimeoutError();
+      }
+      response = attempt.fault?.kind === 'error' ? injectedError(attempt.fault.status, attempt.instance) : await attempt.dispatcher.request({
         path,
         method,
         headers,
@@ -403,6 +409,20 @@ export async function exchange(
       },
     };
   }
+}
+
+/** The answer of an instance a drill makes fail: the gateway's own, the instance is not asked. */
+function injectedError(status: number, instance: string): Dispatcher.ResponseData {
+  const text = JSON.stringify({ error: { code: 'DRILL_FAULT', message: `${instance} answers ${status}: a drill injected this fault` } });
+  const body = Object.assign(Readable.from([Buffer.from(text)]), { dump: async () => {} });
+  return {
+    statusCode: status,
+    headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) },
+    body,
+    trailers: {},
+    opaque: null,
+    context: {},
+  } as unknown as Dispatcher.ResponseData;
 }
 
 /**

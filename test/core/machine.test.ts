@@ -423,6 +423,19 @@ describe('flap damping', () => {
     expect(h.stateOf('primary')).toBe('starting');
   });
 
+  it('forgives failures a drill caused: they count toward no quarantine', () => {
+    const h = booted(service({ drop: ['cold'] }));
+    for (let i = 0; i < 2; i++) {
+      h.send({ type: 'exited', instance: 'primary', code: 1, signal: null });
+      h.advance(5000);
+      h.ready('primary');
+    }
+    expect(h.send({ type: 'forgive', instance: 'primary' })).toBeUndefined();
+    h.send({ type: 'exited', instance: 'primary', code: 1, signal: null });
+    expect(h.stateOf('primary')).toBe('down');
+    expect(h.send({ type: 'forgive', instance: 'nope' })).toMatch(/no instance nope/);
+  });
+
   it('forgets failures older than the window', () => {
     const h = booted(service({ drop: ['cold'] }));
     for (let i = 0; i < 4; i++) {
