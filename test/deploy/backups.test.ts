@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ImageKeeper } from '../../src/backup/index.js';
 import { buildModelServerImage, describeWithDocker, docker, DOCKER_SOCKET, dockerMissing, removeImages, uniqueName } from '../support/docker.js';
+import { alertSink } from '../support/alerts.js';
 import { closeAllGateways, startGateway } from '../support/gateway.js';
 import { freePorts } from '../support/ports.js';
 import { versionOf, versionedInstance } from './support.js';
@@ -56,6 +57,44 @@ services:
     expect(await versionOf(ports[0]!)).toBe('1');
     expect(await versionOf(ports[1]!)).toBe('1');
     expect(readdirSync(path.join(dir, 'models')).filter((n) => n.includes('understudy'))).toEqual([]);
+  });
+});
+
+describe('a backup that fails', () => {
+  it('is a clear error and a critical alert, and leaves the running service and older snapshots as they were', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'understudy-backups-'));
+    dirs.push(dir);
+    mkdirSync(path.join(dir, 'models', '1'), { recursive: true });
+    writeFileSync(path.join(dir, 'models', '1', 'model.json'), JSON.stringify({ version: '1' }));
+    const ports = await freePorts(2);
+    const sink = await alertSink();
+    const instance = (name: string, tier: string, port: number) => versionedInstance(dir, name, tier, port);
+    const gateway = await startGateway(`stateDir: STATE
+gateway: { listen: "127.0.0.1:0" }
+admin: { listen: "127.0.0.1:0" }
+alerts: { webhooks: ["${sink.url}"] }
+services:
+  infer:
+    route: { pathPrefix: / }
+    version: { expect: "1" }
+    backup: { paths: ["${dir}/models/\${version}", "${dir}/tokenizer.json"] }
+    instances:${instance('primary', 'primary', ports[0]!)}${instance('hot', 'hot', ports[1]!)}
+`);
+    try {
+      await gateway.event((e) => e.type === 'active-changed' && e.to === 'primary', 20_000, 'the primary serving');
+      const before = await gateway.app.backups.store.list({ service: 'infer' });
+
+      // tokenizer.json does not exist: the snapshot fails and says which file.
+      await expect(gateway.app.backups.snapshot('infer', '1', 'manual')).rejects.toThrow(/tokenizer\.json/);
+      const alert = await sink.next((a) => a.kind === 'snapshot-failed');
+      expect(alert).toMatchObject({ service: 'infer', severity: 'critical' });
+      expect(alert.detail).toMatch(/tokenizer\.json/);
+      expect(await gateway.app.backups.store.list({ service: 'infer' })).toEqual(before);
+      expect(gateway.app.service('infer')!.view()).toMatchObject({ active: 'primary' });
+      expect(await versionOf(ports[0]!)).toBe('1');
+    } finally {
+      await sink.close();
+    }
   });
 });
 

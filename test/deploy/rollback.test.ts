@@ -4,11 +4,16 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { UnderstudyEvent } from '../../src/core/index.js';
 import { closeAllGateways, startGateway } from '../support/gateway.js';
+import { alertSink } from '../support/alerts.js';
 import { freePorts } from '../support/ports.js';
 import { load, versionOf, versionedInstance } from './support.js';
 
 const dirs: string[] = [];
-afterEach(closeAllGateways);
+const sinks: { close(): Promise<void> }[] = [];
+afterEach(async () => {
+  await closeAllGateways();
+  await Promise.all(sinks.splice(0).map((s) => s.close()));
+});
 afterAll(() => {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 });
@@ -24,11 +29,11 @@ function releases(models: Record<string, { failAfter?: number; exitAfter?: numbe
   return dir;
 }
 
-function config(dir: string, ports: number[], deploy: string, extra = ''): string {
+function config(dir: string, ports: number[], deploy: string, extra = '', alerts = ''): string {
   const instance = (name: string, tier: string, port: number) => versionedInstance(dir, name, tier, port);
   return `stateDir: STATE
 gateway: { listen: "127.0.0.1:0" }
-admin: { listen: "127.0.0.1:0" }
+admin: { listen: "127.0.0.1:0" }${alerts ? `\nalerts: { webhooks: ["${alerts}"] }` : ''}
 services:
   infer:
     route: { pathPrefix: / }
@@ -45,7 +50,9 @@ describe('deploy with automatic rollback', () => {
   it('rolls back a version that starts failing in service, with no failed request a standby could answer', async () => {
     const dir = releases({ '1': {}, '2': { failAfter: 5 } });
     const ports = await freePorts(2);
-    const gateway = await startGateway(config(dir, ports, '{ watch: 60s, rollback: { minRequests: 10, errorRate: 0.2 } }'));
+    const sink = await alertSink();
+    sinks.push(sink);
+    const gateway = await startGateway(config(dir, ports, '{ watch: 60s, rollback: { minRequests: 10, errorRate: 0.2 } }', '', sink.url));
     await gateway.event((e) => e.type === 'active-changed' && e.to === 'primary', 20_000, 'the primary serving');
 
     const rolledBack = gateway.event(is('rollback-finished'), 60_000, 'the rollback');
@@ -73,6 +80,12 @@ describe('deploy with automatic rollback', () => {
     ]);
     // Behaviour, not a benchmark: generous against the 60 s goal (bench/ measures it).
     expect((finished as { durationMs: number }).durationMs).toBeLessThan(60_000);
+    // A person hears of it: the failed deploy and the rollback each raise an alert, sent to the webhook.
+    const rolledBackAlert = await sink.next((a) => a.kind === 'rollback-finished');
+    expect(rolledBackAlert).toMatchObject({ service: 'infer', severity: 'warning' });
+    expect(rolledBackAlert.title).toMatch(/rolled back from 2 to 1/);
+    await sink.next((a) => a.kind === 'deploy-failed');
+    expect(gateway.app.alerts.recent({ service: 'infer' }).map((a) => a.kind)).toEqual(expect.arrayContaining(['deploy-failed', 'rollback-finished']));
   });
 
   it('rolls a good version onto every instance after its watch window and marks it known-good', async () => {
