@@ -5,6 +5,16 @@ import type { ColdResult } from './scenarios/cold.js';
 import { median, type JobsResult } from './scenarios/jobs.js';
 import { AFTER_FAULT_WINDOW_MS, BASELINE_MS, CLIENT_TIMEOUT_MS, FAULT_AT_MS, FAULTS, RATE, RUN_MS, type FaultCaseResult } from './scenarios/faults.js';
 import type { OverheadResult } from './scenarios/overhead.js';
+import {
+  CLIENT_PAUSE_MS,
+  CLIENTS,
+  MODEL_LATENCY_MS,
+  POLL_MS,
+  ROLLBACK_VARIANTS,
+  spread,
+  type RollbackResult,
+  type RollbackRun,
+} from './scenarios/rollback.js';
 import type { SnapshotResult } from './scenarios/snapshot.js';
 
 export interface BenchReport {
@@ -18,6 +28,8 @@ export interface BenchReport {
   jobs?: JobsResult | null;
   /** Absent from reports saved before the snapshot scenario. */
   snapshot?: SnapshotResult | null;
+  /** Absent from reports saved before the rollback scenario. */
+  rollback?: RollbackResult | null;
 }
 
 const PROXY_LABELS: Record<ProxyName, string> = {
@@ -254,6 +266,82 @@ it, the copies hashed and fsynced, then swapped in by two renames): ${ms(snap.re
 (${rate(snap.restore.bytes, snap.restore.ms)}); phases began at about ${phases}.`;
 }
 
+function rollbackSection(result: RollbackResult): string {
+  // Event times are whole milliseconds: no decimals under 10 ms.
+  const whole = (v: number | null) => (v === null || Number.isNaN(v) || Math.abs(v) >= 1000 ? ms(v) : `${Math.round(v)} ms`);
+  const range = (values: (number | null)[]) => {
+    const { min, median, max } = spread(values);
+    return `${whole(min)} / ${whole(median)} / ${whole(max)}`;
+  };
+  const summaryRows = result.variants.map((variant) => {
+    const runs = result.runs.filter((r) => r.variant === variant);
+    const failed = runs.reduce((n, r) => n + r.requests.failed, 0);
+    const sent = runs.reduce((n, r) => n + r.requests.sent, 0);
+    const allOk = runs.every((r) => r.ok && r.onV1 === r.instances);
+    const worst = Math.max(...runs.map((r) => r.durationMs));
+    return [
+      ROLLBACK_VARIANTS[variant].label,
+      String(runs.length),
+      range(runs.map((r) => r.durationMs)),
+      range(runs.map((r) => r.benchFailureToFinishedMs)),
+      range(runs.map((r) => r.deployToFinishedMs)),
+      `${failed} / ${sent}`,
+      `< 60 s: ${goal(allOk && worst < 60_000)}; 0 failed: ${goal(failed === 0)}`,
+    ];
+  });
+  const phase = (r: RollbackRun) => [r.phases.detect, r.phases.drain, r.phases.stop, r.phases.start, r.phases.version].map(whole);
+  const runRows = result.runs.map((r) => [
+    r.variant,
+    String(r.run),
+    whole(r.durationMs),
+    whole(r.benchFailureToFinishedMs),
+    whole(r.benchFailureToV1Ms),
+    whole(r.healthyMs),
+    ...phase(r),
+    `${r.requests.failed} / ${r.requests.sent}`,
+    String(r.requests.byVersion['2'] ?? 0),
+  ]);
+  const reasons = [...new Set(result.runs.map((r) => `- ${r.variant}: ${r.reason}`))].join('\n');
+  const late = spread(result.runs.map((r) => (r.countedLateMs === null ? null : Math.abs(r.countedLateMs))));
+  const known = spread(result.runs.map((r) => r.benchFailureWindowMs));
+  const unseen = result.runs.filter((r) => r.benchFailureToFinishedMs === null).length;
+  return `## Automatic rollback of a bad version (Understudy)
+
+A primary and a hot standby run by Understudy from the fixture model server (${MODEL_LATENCY_MS} ms per request) on version 1;
+${CLIENTS} clients send \`POST /v1/infer\` one at a time (${CLIENT_PAUSE_MS} ms apart) through the gateway, from 1 s before the
+deploy of version 2 to 1 s after the rollback. Config: version probe every 1 s, passive ejection after 3 failures,
+\`deploy: { watch: 60s, rollback: { minRequests: 10, errorRate: 0.2 } }\` (downs: 1, the default). Understudy runs in
+the benchmark's process on a fresh state directory each run. **Understudy's figure** is the \`rollback-finished\`
+event's \`durationMs\`: from the first failure Understudy counted on version 2 to version 1 serving on every instance
+(the issue's figure; goal under 60 s, against hours by hand and minutes for a scripted approach). **Bench** times
+start at the first failure of version 2 as the benchmark itself saw it, from two sides: its clients (a 200 from
+version 2 came before it; an answer from version 1 to a request sent after version 2 began to serve came after it) and
+its own reads of the upgraded instance's \`/version\` and \`/__stats\` every ${POLL_MS} ms (its count past \`failAfter\`, or a
+refused connection after it served version 2, came after it). The figure is the midpoint of what it knew.
+Cells are min / median / max.
+
+${table(['Version 2', 'Runs', "Understudy's figure", 'Bench: first failure → rollback finished', 'Deploy → rollback finished', 'Failed client requests', 'Goals'], summaryRows)}
+
+Each run; the phases come from Understudy's events for the instance that moved (the hot standby): detect is its first
+counted failure to \`deploy-failed\` (passive ejection, then the deploy's watch, which looks every 200 ms); drain,
+\`rollback-started\` to \`stopped\`; stop, to \`starting\` on version 1: waiting for the version 2 process to exit
+(Understudy sends it SIGTERM as it goes down, so usually 0); start, to \`ready\` (process
+start and startup probe); version read, to \`rollback-finished\` (the version probe reads 1). "Bench: failure →
+v1 answers" ends at the first read of \`/version\` 1 from the moved instance.
+
+${table(
+  ['Variant', 'Run', "Understudy's figure", 'Bench: failure → finished', 'Bench: failure → v1 answers', 'Deploy → first failure', 'Detect', 'Drain', 'Stop', 'Start', 'Version read', 'Failed / sent', 'Answered by v2'],
+  runRows,
+)}
+
+What the bench knew of each first failure spanned ${whole(known.median)} (median; ${whole(known.max)} at most), so its figures are ± half
+that${unseen > 0 ? `; it did not see the failure in ${unseen} run(s)` : ''}. Understudy's first counted failure was within ${whole(late.max)} of the bench's (median ${whole(late.median)}).
+
+Why Understudy rolled back:
+
+${reasons}`;
+}
+
 export function renderMarkdown(report: BenchReport): string {
   const { environment: env } = report;
   const sections = [
@@ -269,6 +357,7 @@ share its cores, so compare the rows with each other rather than with other mach
   if (report.overhead) sections.push(overheadSection(report.overhead));
   if (report.jobs) sections.push(jobsSection(report.jobs));
   if (report.snapshot) sections.push(snapshotSection(report.snapshot));
+  if (report.rollback) sections.push(rollbackSection(report.rollback));
   return `${sections.join('\n\n')}\n`;
 }
 

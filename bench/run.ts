@@ -15,16 +15,17 @@ import { runCold } from './scenarios/cold.js';
 import { runFaults } from './scenarios/faults.js';
 import { runJobs } from './scenarios/jobs.js';
 import { runOverhead } from './scenarios/overhead.js';
+import { closeRollbackGateways, killRollbackInstancesNow, runRollback } from './scenarios/rollback.js';
 import { runSnapshot } from './scenarios/snapshot.js';
 import { killAllServicesNow, stopAllServices } from './services.js';
 import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
 const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
-const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot'] as const;
+const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -48,7 +49,7 @@ function parseOptions(): Options {
 }
 
 async function stopEverything(): Promise<void> {
-  await Promise.all([stopAllServices(), stopAll()]);
+  await Promise.all([stopAllServices(), stopAll(), closeRollbackGateways()]);
 }
 
 async function bench(options: Options, root: string): Promise<void> {
@@ -81,6 +82,7 @@ async function bench(options: Options, root: string): Promise<void> {
     overhead: runs('overhead') ? await runOverhead(launchers, root) : null,
     jobs: runs('jobs') && hasUnderstudy ? await runJobs(root) : null,
     snapshot: runs('snapshot') ? await runSnapshot(root) : null,
+    rollback: runs('rollback') ? await runRollback(root) : null,
   };
 
   const markdown = renderMarkdown(report);
@@ -101,6 +103,7 @@ async function main(): Promise<void> {
   // Whatever happens, no proxy or model server outlives the benchmark.
   process.on('exit', () => {
     killAllServicesNow();
+    killRollbackInstancesNow();
     rmSync(root, { recursive: true, force: true });
   });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
