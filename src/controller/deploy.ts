@@ -1,6 +1,6 @@
 import { request } from 'undici';
 import type { SmokeConfig } from '../config/index.js';
-import { byPreference, type Clock, type DeployStep, type EventBody } from '../core/index.js';
+import { byPreference, isRoutable, type Clock, type DeployStep, type EventBody, type InstanceStatus } from '../core/index.js';
 import { ReleaseError, type ReleaseBook, type ReleaseRecord } from './releases.js';
 import type { ServiceController } from './service.js';
 
@@ -303,9 +303,14 @@ export class Deployer {
     const name = service.config.name;
     const startedAt = this.deps.clock.now();
     this.deps.publish(name, { type: 'rollback-started', from, to, reason: running.record.reason });
+    // With an instance already serving the good version (the old active one during a watch), traffic leaves
+    // the bad version at once. Without one, the running version serves until the good one is up, so a good
+    // version that fails its checks (its files gone, its image unpullable) costs no outage.
+    const serving = service.machineState();
+    const goodServes = [...service.releases()].some(([i, v]) => v === to && isRoutable(serving.instances[i]!) && serving.instances[i]!.admitted);
+    const moved: InstanceStatus[] = [];
     try {
-      // Traffic leaves the bad version at once for any instance still on the good one.
-      service.dispatch({ type: 'expect', versions: [to] });
+      service.dispatch({ type: 'expect', versions: goodServes ? [to] : [to, from] });
       // A restore that fails does not stop the rollback: the version's files may still be in place.
       await this.deps.backups?.ensure(name, to).catch((error: unknown) => this.deps.onError(`rollback of ${name}: could not put back version ${to}`, error));
       const state = service.machineState();
@@ -314,15 +319,24 @@ export class Deployer {
         .map(([instance]) => state.instances[instance]!)
         .sort((a, b) => Number(a.name === state.active) - Number(b.name === state.active) || byPreference(a, b));
       for (const instance of moving) {
-        const cold = instance.tier === 'cold';
-        await service.reinstall(instance.name, to, { start: !cold });
+        moved.push(instance);
+        await service.reinstall(instance.name, to, { start: instance.tier !== 'cold' });
       }
+      service.dispatch({ type: 'expect', versions: [to] });
       this.deps.book.setCurrent(name, to);
       const durationMs = this.deps.clock.now() - (running.firstFailureAt ?? startedAt);
       this.finish(running, 'done', `version ${to} runs everywhere`);
       this.deps.publish(name, { type: 'rollback-finished', from, to, durationMs, ok: true, reason: `version ${to} runs everywhere after ${durationMs}ms` });
     } catch (error) {
-      const reason = `rollback to ${to} did not finish: ${(error as Error).message}`;
+      let reason = `rollback to ${to} did not finish: ${(error as Error).message}`;
+      if (!goodServes && !this.closed) {
+        // Nothing ever served the good version: what was moved goes back, and the service stays as it ran.
+        for (const instance of moved) {
+          await service.reinstall(instance.name, from, { start: instance.tier !== 'cold' }).catch((undo: unknown) => this.deps.onError(`could not move ${instance.name} back to ${from}`, undo));
+        }
+        service.dispatch({ type: 'expect', versions: [from] });
+        reason += `; the service stays on version ${from}`;
+      }
       this.finish(running, 'failed', reason);
       const durationMs = this.deps.clock.now() - startedAt;
       this.deps.publish(name, { type: 'rollback-finished', from, to, durationMs, ok: false, reason });

@@ -169,6 +169,38 @@ describe('deploy with automatic rollback', () => {
     ]);
   });
 
+  it('leaves the service running when the version rolled back to fails its checks, and raises a critical alert', async () => {
+    const dir = releases({ '1': {}, '2': {} });
+    const ports = await freePorts(2);
+    const sink = await alertSink();
+    sinks.push(sink);
+    const gateway = await startGateway(config(dir, ports, '{ watch: 500ms }', '', sink.url));
+    await gateway.event((e) => e.type === 'active-changed' && e.to === 'primary', 20_000, 'the primary serving');
+    await gateway.app.deploys.deploy('infer', '2');
+    await gateway.event(is('deploy-finished'), 60_000, 'the deploy');
+
+    // Version 1's model directory is gone and there is no snapshot of it: its instance cannot start.
+    rmSync(path.join(dir, 'models', '1'), { recursive: true });
+    const finished = gateway.event(is('rollback-finished'), 60_000, 'the rollback');
+    const traffic = load(gateway, finished);
+    await gateway.app.deploys.rollback('infer', 'a person asked', '1');
+    const outcome = await finished;
+    const seen = await traffic;
+
+    expect(outcome).toMatchObject({ ok: false, from: '2', to: '1' });
+    expect(outcome.reason).toMatch(/did not start at version 1.*the service stays on version 2/);
+    expect(seen.failed).toEqual([]);
+    expect(seen.byVersion.get('1') ?? 0).toBe(0);
+    expect(await versionOf(ports[0]!)).toBe('2');
+    expect(await versionOf(ports[1]!)).toBe('2');
+    const service = gateway.app.service('infer')!;
+    expect(service.view().admittedVersions).toEqual(['2']);
+    expect(Object.values(service.machineState().instances).map((i) => i.state)).toEqual(['ready', 'ready']);
+    expect(gateway.app.releases.get('infer')!.current).toBe('2');
+    const alert = await sink.next((a) => a.kind === 'rollback-finished');
+    expect(alert).toMatchObject({ severity: 'critical' });
+  });
+
   it('refuses a version whose instance does not start, and leaves the service on the old one', async () => {
     const dir = releases({ '1': {} }); // no models/3: the new instance cannot load
     const ports = await freePorts(2);
