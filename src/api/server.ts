@@ -237,13 +237,13 @@ export class AdminServer {
     const drills = this.app.drills;
     if (service === undefined) {
       if (req.method !== 'GET') return notFound(res);
-      if (id !== undefined) return send(res, 200, { drill: await drills.get(id) });
+      if (id !== undefined) return send(res, 200, { drill: { ...(await drills.get(id)), dir: drills.dirOf(id) } });
       return send(res, 200, { drills: await drills.list(url.searchParams.get('service') ?? undefined), schedules: drills.nextRuns() });
     }
     if (req.method !== 'POST') return notFound(res);
     const body = await readJson(req, 64 * 1024);
     if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
-    const { fault, instance } = body as { fault?: unknown; instance?: unknown };
+    const { fault, instance } = (typeof body === 'object' && body !== null ? body : {}) as { fault?: unknown; instance?: unknown };
     if (typeof fault !== 'string') {
       return send(res, 400, { error: { code: 'BAD_FIELD', message: `"fault" must be one of ${FAULT_KINDS.join(', ')}` } });
     }

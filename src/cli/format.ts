@@ -194,7 +194,7 @@ export function formatDrill(report: DrillSummary): string {
       ['probe requests', `${r.sent} sent, ${r.ok} ok, ${r.failed} failed`],
       ['latency before (p50/p99)', `${ms(r.before.p50)} / ${ms(r.before.p99)}`],
       ['latency during (p50/p99/max)', `${ms(r.during.p50)} / ${ms(r.during.p99)} / ${ms(r.during.max)}`],
-      ['job items', report.job ? `${report.job.items}: ${report.job.succeeded} done, ${report.job.lost} lost, ${report.job.redone} redone` : 'no job'],
+      ['job items', report.job ? `${report.job.items}: ${report.job.succeeded} done, ${report.job.lost} lost, ${report.job.unfinished} unfinished, ${report.job.redone} redone` : 'no job'],
     ]),
   ];
   for (const failure of r.failures) lines.push(`  failed: ${failure}`);
@@ -216,7 +216,7 @@ export function formatAlerts(alerts: Omit<Alert, 'event'>[]): string {
   if (alerts.length === 0) return '(no alerts)';
   return alerts
     .map((a) => {
-      const delivery = a.suppressed ? 'repeat, not sent' : a.sent ? 'sent' : 'not sent';
+      const delivery = a.quieted ? `not sent: ${a.quieted}` : a.suppressed ? 'repeat, not sent' : a.sent ? 'sent' : 'not sent';
       return `${new Date(a.time).toISOString()}  ${a.severity.toUpperCase().padEnd(8)}  ${a.service}  ${a.title} (${delivery})\n    ${a.detail}`;
     })
     .join('\n');

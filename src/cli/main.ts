@@ -297,15 +297,18 @@ Example:
 Exit status: 0 passed (no failed request, no lost item, back as before), 3 failed.`,
   )
   .action(async (service: string, options: { fault: string; instance?: string; wait: boolean; config: string }) => {
-    const admin = client(options.config);
-    const since = Date.now() - 1000;
+    const config = load(options.config);
+    const admin = new AdminClient(config);
+    const { events } = await admin.call<{ events: UnderstudyEvent[] }>('GET', `/v1/events?service=${enc(service)}&limit=1`);
+    const since = events.at(-1)?.time ?? 0;
     const { drill } = await admin.call<{ drill: { id: string; instances: string[] } }>('POST', `/v1/services/${enc(service)}/drill`, {
       fault: options.fault,
       ...(options.instance ? { instance: options.instance } : {}),
     });
     console.log(`${service}: drill ${drill.id}: ${options.fault} on ${drill.instances.join(', ')}`);
     if (!options.wait) return;
-    const report = await followDrill(admin, service, drill.id, since);
+    const bound = config.services.find((s) => s.name === service)?.drill.timeout ?? 120_000;
+    const report = await followDrill(admin, service, drill.id, since, bound + 60_000);
     console.log(formatDrill(report));
     process.exitCode = report.passed ? 0 : 3;
   });
@@ -339,26 +342,31 @@ program
 
 program.addCommand(jobCommands(configOption, client));
 
-/** Prints what happens to the service while a drill runs; resolves with its report. */
-async function followDrill(admin: AdminClient, service: string, id: string, since: number): Promise<DrillSummary> {
+/**
+ * Prints what happens to the service while a drill runs (events newer than `since`, by the
+ * server's clock); resolves with its report once the report exists, or gives up after `boundMs`.
+ */
+async function followDrill(admin: AdminClient, service: string, id: string, since: number, boundMs: number): Promise<DrillSummary> {
   const printed = new Set<string>();
-  for (;;) {
+  const giveUp = Date.now() + boundMs;
+  while (Date.now() < giveUp) {
     const query = new URLSearchParams({ service, since: String(since), limit: '1000' });
     const { events } = await admin.call<{ events: UnderstudyEvent[] }>('GET', `/v1/events?${query}`);
     for (const event of events) {
-      const key = `${event.time} ${event.type} ${event.reason}`;
-      if (printed.has(key) || event.type.startsWith('job-') || event.type === 'item-failed') continue;
+      const key = JSON.stringify(event);
+      if (event.time <= since || printed.has(key) || event.type.startsWith('job-') || event.type === 'item-failed') continue;
       printed.add(key);
-      if (event.type === 'drill-finished' && event.drill === id) {
-        const { drills } = await admin.call<{ drills: DrillSummary[] }>('GET', `/v1/drills?service=${enc(service)}`);
-        const report = drills.find((d) => d.id === id);
-        if (!report) throw new UnderstudyError('NO_REPORT', `drill ${id} ended but its report could not be read: ${event.reason}`);
-        return report;
-      }
       console.log(formatEvent(event));
+    }
+    try {
+      return (await admin.call<{ drill: DrillSummary }>('GET', `/v1/drills/${enc(id)}`)).drill;
+    } catch (error) {
+      // Not written yet: the drill still runs.
+      if (!(error instanceof UnderstudyError && error.code === 'NOT_FOUND')) throw error;
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
+  throw new UnderstudyError('DRILL_TIMEOUT', `drill ${id} had not ended after ${Math.round(boundMs / 1000)}s; see \`understudy drills\` and \`understudy events\``);
 }
 
 /** Prints the steps of a deploy or rollback until it ends; the exit code says how it ended. */

@@ -16,5 +16,6 @@ export type {
   StartupProbeConfig,
   VersionProbeConfig,
 } from './schema.js';
+export { FAULT_KINDS, faultsAllowed, type FaultKind } from './schema.js';
 export { parseDuration, parseSize } from './units.js';
 export { atVersion, pathsAtVersion } from './version.js';

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
+import { faultsAllowed } from './schema.js';
 import {
   configSchema,
   type ParsedConfig,
@@ -243,6 +244,20 @@ function crossCheck(config: Config): Problem[] {
     }
     if (service.backup?.images && config.backup.registry === undefined) {
       problems.push({ at: at('backup', 'images'), message: 'image snapshots are pushed to a registry: set backup.registry' });
+    }
+    const { drill } = service;
+    if (drill.schedule !== undefined && drill.request === undefined && service.deploy.smoke === undefined) {
+      problems.push({ at: at('drill', 'schedule'), message: 'a drill sends a probe request: set drill.request (or deploy.smoke)' });
+    }
+    const allowed = faultsAllowed(service.instances);
+    for (const fault of drill.faults ?? []) {
+      if (!allowed.includes(fault)) {
+        const why = fault === 'cold-start' ? 'needs a cold standby and every warm instance run by Understudy' : 'needs every warm instance run by Understudy (not external)';
+        problems.push({ at: at('drill', 'faults'), message: `${fault} ${why}` });
+      }
+    }
+    if (drill.delay !== undefined && drill.delay >= service.timeouts.firstByte) {
+      problems.push({ at: at('drill', 'delay'), message: `must be below timeouts.firstByte (${service.timeouts.firstByte}ms): a longer hold is a timeout, not a slow answer` });
     }
   }
   return problems;

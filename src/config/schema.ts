@@ -309,7 +309,23 @@ const deploy = z.strictObject({
 
 // ---------------------------------------------------------------- drills
 
-const FAULTS = ['kill', 'hang', 'error', 'slow', 'cold-start'] as const;
+/** What a drill can do to an instance: see docs/recovery.md#drills. */
+export const FAULT_KINDS = ['kill', 'hang', 'error', 'slow', 'cold-start'] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+/**
+ * The fault kinds instances allow: kill and hang hit the active instance by default, so
+ * every warm instance must run under Understudy; cold-start needs a cold standby it runs.
+ */
+export function faultsAllowed(instances: readonly { tier: string; runtime: { type: string } }[]): FaultKind[] {
+  const warmSupervised = instances.filter((i) => i.tier !== 'cold').every((i) => i.runtime.type !== 'external');
+  const cold = instances.some((i) => i.tier === 'cold' && i.runtime.type !== 'external');
+  return FAULT_KINDS.filter((kind) => {
+    if (kind === 'kill' || kind === 'hang') return warmSupervised;
+    if (kind === 'cold-start') return cold && warmSupervised;
+    return true;
+  });
+}
 
 const drill = z.strictObject({
   /** The probe request a drill sends through the gateway, and what a good answer is. Default: deploy.smoke. */
@@ -322,17 +338,17 @@ const drill = z.strictObject({
   jobItems: count(0).max(10_000).default(10),
   /** How long a hang, error or slow fault is held. Default 5s. */
   hold: positiveDuration.default(5000),
-  /** How long a slow fault holds each request. Default 5s. */
-  delay: positiveDuration.default(5000),
+  /** How long a slow fault holds each request. Default 5s, or half of timeouts.firstByte when that is shorter. */
+  delay: positiveDuration.optional(),
   /** Bound on the whole drill: the service must be back as it was within this. Default 2m. */
   timeout: positiveDuration.default(120_000),
   /** When to run a drill, in cron syntax. Default: never by schedule. */
   schedule: cron.optional(),
   /** Fault kinds scheduled drills take in turn. Default: every kind the service's instances allow. */
-  faults: z.array(z.enum(FAULTS)).min(1).optional(),
+  faults: z.array(z.enum(FAULT_KINDS)).min(1).optional(),
 });
 
-const DRILL_DEFAULT = { requests: 400, rate: 20, jobItems: 10, hold: 5000, delay: 5000, timeout: 120_000 };
+const DRILL_DEFAULT = { requests: 400, rate: 20, jobItems: 10, hold: 5000, timeout: 120_000 };
 
 // ---------------------------------------------------------------- alerts
 

@@ -62,6 +62,8 @@ export class Deployer {
       clock: Clock;
       publish(service: string, event: EventBody): void;
       onError(message: string, error: unknown): void;
+      /** Why the service must not change now (a drill runs), or undefined. */
+      busy?: (service: string) => string | undefined;
     },
   ) {}
 
@@ -107,8 +109,12 @@ export class Deployer {
       deploying.takenOver = true;
       deploying.abort.abort(new Error(reason));
       await deploying.done;
-      this.finish(deploying, 'rolled-back', reason);
-      this.deps.publish(serviceName, { type: 'deploy-failed', from: deploying.view.from, to: deploying.view.to, reason: `stopped by a rollback: ${reason}` });
+      // It may have finished just before the abort reached it: then it stays a finished deploy, rolled back like any.
+      if (deploying.record.outcome === 'running') {
+        this.finish(deploying, 'rolled-back', reason);
+        this.deps.publish(serviceName, { type: 'deploy-failed', from: deploying.view.from, to: deploying.view.to, reason: `stopped by a rollback: ${reason}` });
+      }
+      if (this.running.get(serviceName) === deploying) this.running.delete(serviceName);
     }
     const running = this.begin(service, 'rollback', deploying?.view.to ?? current, target, reason);
     running.firstFailureAt = deploying?.firstFailureAt;
@@ -144,8 +150,7 @@ export class Deployer {
       const ordered = Object.values(state.instances).sort(byPreference).reverse();
       const fallback = state.active ?? ordered[ordered.length - 1]!.name;
       const first = ordered.filter((i) => i.name !== fallback);
-      // Checked standbys on the new version may take over if the active instance fails meanwhile.
-      service.dispatch({ type: 'expect', versions: [from, to] });
+      // Not admitted before the switch: an instance on the new version takes no traffic until every one is checked.
       for (const instance of first) {
         signal.throwIfAborted();
         await this.upgrade(service, running, instance.name, instance.tier === 'cold');
@@ -169,6 +174,7 @@ export class Deployer {
         return;
       }
 
+      signal.throwIfAborted();
       await this.upgrade(service, running, fallback, service.config.instances.find((i) => i.name === fallback)!.tier === 'cold');
       service.dispatch({ type: 'expect', versions: [to] });
       // Traffic goes back to the preferred instance, now on the new version.
@@ -176,6 +182,8 @@ export class Deployer {
       if (service.machineState().active !== preferred.name) service.dispatch({ type: 'switchover', to: preferred.name });
       this.step(running, 'complete', null, `every instance runs version ${to}`);
 
+      // The last point a person's rollback can stop the deploy; after it the version is known-good.
+      signal.throwIfAborted();
       this.deps.book.markKnownGood(name, to);
       this.deps.book.setCurrent(name, to);
       await this.deps.book.save();
@@ -285,6 +293,7 @@ export class Deployer {
 
   private async rollbackAfter(service: ServiceController, deploying: Running, reason: string): Promise<void> {
     const name = service.config.name;
+    if (deploying.takenOver) return; // a person's rollback is on its way
     this.finish(deploying, 'rolled-back', reason);
     let running: Running;
     try {
@@ -354,6 +363,8 @@ export class Deployer {
       const other = this.running.get(name)!.view;
       throw new ReleaseError('DEPLOY_RUNNING', `a ${other.kind} of ${name} to ${other.to} is running (step ${other.step})`, 409);
     }
+    const busy = this.deps.busy?.(name);
+    if (busy !== undefined) throw new ReleaseError('DEPLOY_RUNNING', busy, 409);
     const now = this.deps.clock.now();
     const record = this.deps.book.begin(name, { kind, from, to, startedAt: now, reason, snapshot: null });
     const running: Running = {
@@ -377,7 +388,8 @@ export class Deployer {
 
   private finish(running: Running, outcome: ReleaseRecord['outcome'], reason: string): void {
     this.deps.book.end(running.record, outcome, reason, this.deps.clock.now());
-    if (this.running.get(running.view.service) === running) this.running.delete(running.view.service);
+    // A deploy a rollback is taking over keeps its entry until the rollback begins: nothing may start in between.
+    if (this.running.get(running.view.service) === running && !running.takenOver) this.running.delete(running.view.service);
   }
 
   private serviceOrThrow(name: string): ServiceController {

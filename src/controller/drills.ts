@@ -1,8 +1,8 @@
-import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Cron } from 'croner';
-import type { SmokeConfig } from '../config/index.js';
+import { faultsAllowed, type SmokeConfig } from '../config/index.js';
 import type { Clock, EventBody, InstanceState, ServiceStatus, UnderstudyEvent } from '../core/index.js';
 import {
   DrillError,
@@ -16,6 +16,7 @@ import {
   type DrillMark,
   type DrillReport,
   type FaultKind,
+  type ProbeSample,
   type ProbeTarget,
   type StateSpan,
 } from '../drill/index.js';
@@ -55,9 +56,13 @@ interface DrillDeps {
 const BASELINE_MS = 1000;
 /** Time the probe traffic runs after the service is back as it was, to show it is. */
 const AFTERGLOW_MS = 1000;
+/** Bound on putting the service back after a drill that ended early (its own deadline passed, or it failed). */
+const RESTORE_AFTER_MS = 30_000;
+/** Reports kept per service; older ones are removed after each drill. */
+const KEEP_REPORTS = 50;
 
-/** States that take an instance out of service: the fault was noticed. */
-const OUT = new Set<InstanceState>(['suspect', 'down', 'quarantined']);
+/** States that take an instance out of service (suspect still serves): the fault was noticed. */
+const OUT = new Set<InstanceState>(['down', 'quarantined']);
 
 /** Events shown on the timeline besides the drill's own marks. */
 const NOTABLE = new Set(['active-changed', 'no-ready-instance', 'quarantined', 'start-failed', 'restart-scheduled']);
@@ -71,7 +76,9 @@ const NOTABLE = new Set(['active-changed', 'no-ready-instance', 'quarantined', '
  */
 export class Drills {
   private readonly running = new Map<string, Promise<DrillReport>>();
-  private readonly schedules: Cron[] = [];
+  /** The id of the drill running on each service. */
+  private readonly ids = new Map<string, string>();
+  private readonly schedules = new Map<string, Cron>();
   /** Next fault kind of each service's scheduled drills, which take the kinds in turn. */
   private readonly turns = new Map<string, number>();
   private readonly abort = new AbortController();
@@ -80,26 +87,31 @@ export class Drills {
 
   /** Starts the services' drill schedules. */
   start(): void {
+    if (this.abort.signal.aborted) return; // closed while Understudy was starting
     for (const name of this.deps.serviceNames()) {
       const schedule = this.deps.services(name)!.config.drill.schedule;
-      if (schedule === undefined) continue;
-      this.schedules.push(new Cron(schedule, { protect: true }, () => this.scheduled(name)));
+      if (schedule !== undefined) this.schedules.set(name, new Cron(schedule, { protect: true }, () => this.scheduled(name)));
     }
   }
 
   /** When each service's next scheduled drill runs. */
   nextRuns(): Record<string, string | null> {
-    const runs: Record<string, string | null> = {};
-    for (const name of this.deps.serviceNames()) {
-      const schedule = this.deps.services(name)!.config.drill.schedule;
-      runs[name] = schedule === undefined ? null : (new Cron(schedule, { paused: true }).nextRun()?.toISOString() ?? null);
-    }
-    return runs;
+    return Object.fromEntries(this.deps.serviceNames().map((name) => [name, this.schedules.get(name)?.nextRun()?.toISOString() ?? null]));
   }
 
-  /** Stops schedules; drills running now lift their faults, put the service back, and end. */
+  /** The drill running on `service` now, if any. */
+  current(service: string): string | undefined {
+    return this.ids.get(service);
+  }
+
+  /** Why a deploy or rollback of `service` must wait, or undefined: one change to a service at a time. */
+  busy(service: string): string | undefined {
+    return this.running.has(service) ? `a drill of ${service} is running; try again when it ends (understudy drills)` : undefined;
+  }
+
+  /** Stops schedules; drills running now lift their faults and end at once (the shutdown stops every instance anyway). */
   async close(): Promise<void> {
-    for (const cron of this.schedules) cron.stop();
+    for (const cron of this.schedules.values()) cron.stop();
     this.abort.abort(new Error('Understudy is shutting down'));
     await Promise.allSettled([...this.running.values()]);
   }
@@ -110,8 +122,12 @@ export class Drills {
    */
   begin(order: DrillOrder): { id: string; fault: FaultKind; instances: string[]; done: Promise<DrillReport> } {
     const plan = this.plan(order);
-    const done = this.execute(plan).finally(() => this.running.delete(order.service));
+    const done = this.execute(plan).finally(() => {
+      this.running.delete(order.service);
+      this.ids.delete(order.service);
+    });
     this.running.set(order.service, done);
+    this.ids.set(order.service, plan.id);
     return { id: plan.id, fault: plan.fault, instances: plan.hit, done };
   }
 
@@ -139,9 +155,14 @@ export class Drills {
     return summaries.sort((a, b) => a.startedAt - b.startedAt);
   }
 
+  /** Where a drill's report is kept. */
+  dirOf(id: string): string {
+    return path.join(this.deps.dir, id);
+  }
+
   /** One report, whole. */
   async get(id: string): Promise<DrillReport> {
-    if (!/^[\w.-]+$/.test(id)) throw new DrillError('NOT_FOUND', `no drill ${id}`, 404);
+    if (!/^[\w-]+$/.test(id)) throw new DrillError('NOT_FOUND', `no drill ${id}`, 404);
     try {
       return await this.read(id);
     } catch (error) {
@@ -150,17 +171,9 @@ export class Drills {
     }
   }
 
-  /** The fault kinds a service's instances allow: kill and hang need a process Understudy runs, cold-start a cold standby. */
+  /** The fault kinds a service's instances allow (see faultsAllowed). */
   faultsFor(service: ServiceController): FaultKind[] {
-    const instances = service.config.instances;
-    const supervised = instances.some((i) => i.runtime.type !== 'external');
-    const cold = instances.some((i) => i.tier === 'cold' && i.runtime.type !== 'external');
-    const warmSupervised = instances.filter((i) => i.tier !== 'cold').every((i) => i.runtime.type !== 'external');
-    return FAULT_KINDS.filter((kind) => {
-      if (kind === 'kill' || kind === 'hang') return supervised;
-      if (kind === 'cold-start') return cold && warmSupervised;
-      return true;
-    });
+    return faultsAllowed(service.config.instances);
   }
 
   // ---------------------------------------------------------------- planning
@@ -192,6 +205,10 @@ export class Drills {
       const why = unwell.map((i) => `${i.name} is ${i.maintenance ? 'held for maintenance' : i.state}`).join(', ') || 'no instance is active';
       throw new DrillError('DRILL_REFUSED', `service ${name} is not healthy enough to drill: ${why}`, 409);
     }
+    if (state.mode !== 'normal') {
+      // Traffic on another instance than the preferred one (failed over, or a person's switchover): the drill could not put it back as it is.
+      throw new DrillError('DRILL_REFUSED', `service ${name} is ${state.mode === 'pinned' ? 'pinned' : 'failed over'} to ${state.active}; drill it once traffic is back on its preferred instance`, 409);
+    }
     const configOf = (instance: string) => service.config.instances.find((i) => i.name === instance)!;
 
     let hit: string[];
@@ -215,7 +232,13 @@ export class Drills {
       if (configOf(instance).runtime.type === 'external') {
         throw new DrillError('DRILL_REFUSED', `${instance} runs outside Understudy (runtime external), so it has no process to ${order.fault === 'hang' ? 'stop' : 'kill'}; drill it with error or slow`, 409);
       }
-      if (service.pidOf(instance) === undefined) throw new DrillError('DRILL_REFUSED', `${instance} has no running process to fail`, 409);
+      const pid = service.pidOf(instance);
+      if (pid === undefined) throw new DrillError('DRILL_REFUSED', `${instance} has no running process to fail`, 409);
+      try {
+        process.kill(pid, 0);
+      } catch (error) {
+        throw new DrillError('DRILL_REFUSED', `Understudy may not signal ${instance}'s process ${pid} (${(error as NodeJS.ErrnoException).code}); run it as the same user, or drill with error or slow`, 409);
+      }
     }
     const startedAt = this.deps.clock.now();
     const id = `${new Date(startedAt).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${name}-${order.fault}`;
@@ -248,6 +271,7 @@ export class Drills {
     const rel = (time = clock.now()) => round(time - startedAt);
     const deadline = AbortSignal.any([this.abort.signal, AbortSignal.timeout(config.timeout)]);
     const before = stateOf(service.machineState());
+    const carried = hit.includes(before.active ?? '');
     const timeline = new Timeline(service.machineState(), startedAt);
     const marks: DrillMark[] = [];
     const notes: string[] = [];
@@ -271,57 +295,86 @@ export class Drills {
     let restoredMs: number | null = null;
     let job: DrillReport['job'] = null;
     let jobId: string | undefined;
+    let samples: ProbeSample[] = [];
+    const aborted = () => this.abort.signal.aborted;
     try {
-      traffic.start();
-      await delay(BASELINE_MS, undefined, { signal: deadline });
-      jobId = await this.submitJob(name, id, request, config.jobItems).catch((error: unknown) => {
-        notes.push(`no job was run: ${(error as Error).message}`);
-        return undefined;
-      });
-      await fault$.prepare();
-      faultAt = rel();
-      fault$.inject();
-      marks.push({ at: faultAt, kind: 'fault', label: `${fault} ${hit.join(', ')}` });
-      if (!hit.includes(before.active ?? '')) notes.push(`${hit.join(', ')} carried no traffic when the fault began, so clients were not affected`);
+      try {
+        traffic.start();
+        await delay(BASELINE_MS, undefined, { signal: deadline });
+        await fault$.prepare(deadline);
+        // Submitted at the last moment, so its items are in flight when the fault hits.
+        jobId = await this.submitJob(name, id, request, config.jobItems).catch((error: unknown) => {
+          notes.push(`no job was run: ${(error as Error).message}`);
+          return undefined;
+        });
+        faultAt = rel();
+        fault$.inject();
+        marks.push({ at: faultAt, kind: 'fault', label: `${fault} ${hit.join(', ')}` });
+        if (!carried) notes.push(`${hit.join(', ')} carried no traffic when the fault began, so clients were not affected`);
 
-      await fault$.hold(deadline, faultAt, rel);
-      liftedAt = fault$.liftable ? rel() : null;
-      await fault$.lift();
-      if (liftedAt !== null) marks.push({ at: liftedAt, kind: 'lifted', label: 'fault lifted' });
+        await fault$.hold(deadline, faultAt, rel);
+        liftedAt = fault$.liftable ? rel() : null;
+        fault$.lift();
+        if (liftedAt !== null) marks.push({ at: liftedAt, kind: 'lifted', label: 'fault lifted' });
 
-      await this.restore(service, before, deadline, notes);
-      restoredMs = round(rel() - faultAt);
+        await this.restore(service, before, deadline, notes);
+        restoredMs = round(rel() - faultAt);
+        marks.push({ at: rel(), kind: 'restored', label: 'back as before' });
+        await delay(AFTERGLOW_MS, undefined, { signal: deadline }).catch(() => {});
+      } catch (error) {
+        notes.push(aborted() ? 'cut short: Understudy is shutting down' : deadline.aborted ? `the drill did not end within ${config.timeout}ms` : `the drill stopped: ${(error as Error).message}`);
+      } finally {
+        try {
+          fault$.lift();
+        } catch (error) {
+          notes.push(`could not lift the fault: ${(error as Error).message}`);
+        }
+      }
+      if (restoredMs === null && faultAt !== undefined && !aborted()) {
+        // Past its deadline or after an error, the service is still not left as the fault left it (a cold standby holding its GPU).
+        await this.restore(service, before, AbortSignal.timeout(RESTORE_AFTER_MS), notes).then(
+          () => notes.push('the service was put back after the drill ended'),
+          (error: unknown) => notes.push(`could not put the service back: ${(error as Error).message}`),
+        );
+      }
       // The drill's failures were on purpose: they must not bring a real failure closer to a quarantine.
       for (const instance of hit) service.dispatch({ type: 'forgive', instance });
-      marks.push({ at: rel(), kind: 'restored', label: 'back as before' });
-      await delay(AFTERGLOW_MS, undefined, { signal: deadline }).catch(() => {});
-    } catch (error) {
-      notes.push(deadline.aborted && !this.abort.signal.aborted ? `the drill did not end within ${config.timeout}ms` : `the drill stopped: ${(error as Error).message}`);
+      samples = await traffic.stop(aborted());
+      if (jobId !== undefined && !aborted()) {
+        job = await this.jobOutcome(jobId, deadline, notes).catch((error: unknown) => {
+          notes.push(`could not read the outcome of job ${jobId}: ${(error as Error).message}`);
+          return null;
+        });
+      }
     } finally {
-      await fault$.lift().catch((error: unknown) => notes.push(`could not lift the fault: ${(error as Error).message}`));
+      unsubscribe();
     }
-    const samples = await traffic.stop();
-    if (jobId !== undefined) {
-      job = await this.jobOutcome(jobId, deadline, notes).catch((error: unknown) => {
-        notes.push(`could not read the outcome of job ${jobId}: ${(error as Error).message}`);
-        return null;
-      });
-    }
-    unsubscribe();
     faultAt ??= rel();
     if (detectedMs !== null) marks.push({ at: round(faultAt + detectedMs), kind: 'detected', label: `out of service after ${detectedMs} ms` });
 
     const durationMs = rel();
     const failedSamples = samples.filter((s) => !s.ok);
-    const recoveredMs = recoveryMs(samples, faultAt, new Set(hit), hit.includes(before.active ?? ''));
+    const recoveredMs = recoveryMs(samples, faultAt, new Set(hit), carried);
     if (recoveredMs !== null && recoveredMs > 0) marks.push({ at: round(faultAt + recoveredMs), kind: 'recovered', label: `answered again after ${recoveredMs} ms` });
     const after = stateOf(service.machineState());
-    const problems = [
-      failedSamples.length > 0 && `${failedSamples.length} of ${samples.length} probe requests failed`,
-      job && job.lost > 0 && `${job.lost} of ${job.items} job items were lost`,
-      restoredMs === null && 'the service was not put back as it was',
-      recoveredMs === null && 'no other instance answered after the fault',
-    ].filter((p): p is string => typeof p === 'string');
+    const lastSent = samples.at(-1)?.sentAt ?? 0;
+    const watchedUntil = restoredMs === null ? durationMs : faultAt + restoredMs + AFTERGLOW_MS / 2;
+    const changed = differences(before, after);
+    // A fault that lasts (or kills) on an instance Understudy should see: it must be noticed, not just survived.
+    const mustNotice = carried || fault === 'kill' || fault === 'hang' || fault === 'cold-start';
+    const problems = aborted()
+      ? ['cut short: Understudy is shutting down']
+      : [
+          failedSamples.length > 0 && `${failedSamples.length} of ${samples.length} probe requests failed`,
+          job && job.lost > 0 && `${job.lost} of ${job.items} job items were lost`,
+          job && job.unfinished > 0 && `${job.unfinished} of ${job.items} job items had not finished when the drill ended`,
+          restoredMs === null && 'the service was not put back as it was',
+          changed.length > 0 && `the service is not as it was: ${changed.join(', ')}`,
+          recoveredMs === null && 'no other instance answered after the fault',
+          detectedMs === null && mustNotice && `Understudy never took ${hit.join(', ')} out of service`,
+          traffic.exhausted && lastSent < watchedUntil &&
+            `the probe traffic ran out at +${(lastSent / 1000).toFixed(1)}s, before the drill could see the service back: raise drill.requests (drill.rate × the seconds a drill takes)`,
+        ].filter((p): p is string => typeof p === 'string');
     const report: DrillReport = {
       id,
       service: name,
@@ -333,6 +386,7 @@ export class Drills {
       faultAt,
       liftedAt,
       passed: problems.length === 0,
+      aborted: aborted(),
       verdict: problems.length === 0 ? `clients saw no failure; answered again after ${recoveredMs} ms; back as before after ${restoredMs} ms` : problems.join('; '),
       detectedMs,
       recoveredMs,
@@ -363,6 +417,7 @@ export class Drills {
       fault,
       instances: hit,
       passed: report.passed,
+      aborted: report.aborted,
       recoveredMs,
       failedRequests: failedSamples.length,
       lostItems: job?.lost ?? 0,
@@ -376,9 +431,9 @@ export class Drills {
   private async restore(service: ServiceController, before: StateCopy, deadline: AbortSignal, notes: string[]): Promise<void> {
     const wasReady = Object.entries(before.states).filter(([, s]) => s === 'ready').map(([n]) => n);
     for (const [instance, status] of Object.entries(service.machineState().instances)) {
-      // A drill's repeated failures may quarantine an instance: that was the drill, not the instance.
-      if (status.state === 'quarantined' && wasReady.includes(instance)) {
-        notes.push(`${instance} was quarantined during the drill and was resumed`);
+      // A drill's repeated failures may quarantine an instance, or leave it held: that was the drill, not the instance.
+      if ((status.state === 'quarantined' || status.maintenance) && wasReady.includes(instance)) {
+        if (status.state === 'quarantined') notes.push(`${instance} was quarantined during the drill and was resumed`);
         service.dispatch({ type: 'resume', instance });
       }
     }
@@ -392,12 +447,17 @@ export class Drills {
     // A cold standby that took over goes back to its place, stopped, once traffic has left it.
     for (const [instance, was] of Object.entries(before.states)) {
       const now = service.machineState().instances[instance]!;
-      if (was !== 'stopped' || now.state === 'stopped') continue;
-      const refused = service.dispatch({ type: 'drain', instance });
-      if (refused !== undefined) throw new Error(`could not stop ${instance} again: ${refused}`);
-      await service.waitFor((s) => s.instances[instance]!.state === 'stopped', service.config.timeouts.total, deadline, `${instance} stopping`);
-      const back = service.dispatch({ type: 'resume', instance, start: false });
-      if (back !== undefined) throw new Error(`could not put ${instance} back: ${back}`);
+      if (was !== 'stopped' || (now.state === 'stopped' && !now.maintenance)) continue;
+      if (!now.maintenance) {
+        const refused = service.dispatch({ type: 'drain', instance });
+        if (refused !== undefined) throw new Error(`could not stop ${instance} again: ${refused}`);
+      }
+      try {
+        await service.waitFor((s) => s.instances[instance]!.state === 'stopped', service.config.timeouts.total, deadline, `${instance} stopping`);
+      } finally {
+        // Stopped or not, it is not left held: a held cold standby would never start on demand again.
+        service.dispatch({ type: 'resume', instance, start: false });
+      }
     }
   }
 
@@ -441,24 +501,43 @@ export class Drills {
       id,
       items: view.total,
       succeeded: items.filter((i) => i.state === 'succeeded').length,
-      lost: items.filter((i) => i.state !== 'succeeded').length,
+      // Lost: the work is gone (every try failed). Unfinished: still pending when the drill ended.
+      lost: items.filter((i) => i.state === 'failed').length,
+      unfinished: items.filter((i) => i.state === 'pending').length,
       redone: items.filter((i) => (i.result?.attempts ?? 0) > 1).length,
     };
   }
 
   private async save(report: DrillReport): Promise<string> {
-    const dir = path.join(this.deps.dir, report.id);
+    const dir = this.dirOf(report.id);
     await mkdir(dir, { recursive: true });
     const files = { json: 'report.json', svg: 'timeline.svg' };
     const write = async (file: string, text: string) => {
-      // Whole or not at all: a reader never sees half a report.
-      await writeFile(path.join(dir, `${file}.tmp`), text);
-      await rename(path.join(dir, `${file}.tmp`), path.join(dir, file));
+      // Whole or not at all, and on disk before the drill-finished event points to it.
+      const temp = path.join(dir, `${file}.tmp`);
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(text);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, path.join(dir, file));
     };
     await write('timeline.svg', renderTimelineSvg(report));
     await write('report.md', renderReportMarkdown(report, files));
     await write('report.json', `${JSON.stringify(report, null, 2)}\n`);
+    await this.prune(report.service).catch((error: unknown) => this.deps.onError('could not remove old drill reports', error));
     return dir;
+  }
+
+  /** Keeps the newest KEEP_REPORTS reports of a service (ids sort by time). */
+  private async prune(service: string): Promise<void> {
+    const ofService = (name: string) => FAULT_KINDS.some((kind) => name.slice(17) === `${service}-${kind}`);
+    const names = (await readdir(this.deps.dir)).filter(ofService).sort();
+    for (const name of names.slice(0, Math.max(0, names.length - KEEP_REPORTS))) {
+      await rm(path.join(this.deps.dir, name), { recursive: true, force: true });
+    }
   }
 
   private async read(id: string): Promise<DrillReport> {
@@ -483,6 +562,15 @@ interface StateCopy {
 
 function stateOf(state: ServiceStatus): StateCopy {
   return { active: state.active, states: Object.fromEntries(Object.values(state.instances).map((i) => [i.name, i.state])) };
+}
+
+/** How `after` differs from `before`, in words. */
+function differences(before: StateCopy, after: StateCopy): string[] {
+  const changed = Object.entries(before.states)
+    .filter(([instance, state]) => after.states[instance] !== state)
+    .map(([instance, state]) => `${instance} is ${after.states[instance]} (was ${state})`);
+  if (after.active !== before.active) changed.unshift(`${after.active ?? 'no instance'} is active (was ${before.active})`);
+  return changed;
 }
 
 function describe(event: UnderstudyEvent): string {
@@ -544,9 +632,11 @@ class Timeline {
 
 /** The fault itself: how it is put on the instances, held, and lifted. */
 class Fault {
-  private stopped: number[] = [];
+  private stopped: string[] = [];
   private injected = false;
   private held: string[] = [];
+  /** Ends the cold-start's watch for the active instance going down, when the fault is lifted. */
+  private readonly watch = new AbortController();
 
   constructor(
     private readonly service: ServiceController,
@@ -561,7 +651,7 @@ class Fault {
   }
 
   /** What must happen before the fault (a cold-start holds the warm standbys first: not a failure clients see). */
-  async prepare(): Promise<void> {
+  async prepare(deadline: AbortSignal): Promise<void> {
     if (this.kind !== 'cold-start') return;
     const { service } = this;
     const active = service.machineState().active!;
@@ -570,27 +660,26 @@ class Fault {
       if (refused !== undefined) throw new Error(`could not hold ${instance}: ${refused}`);
       this.held.push(instance);
     }
-    await service.waitFor((s) => this.held.every((i) => s.instances[i]!.state === 'stopped'), service.config.timeouts.total, undefined, 'the warm standbys held');
+    await service.waitFor((s) => this.held.every((i) => s.instances[i]!.state === 'stopped'), this.config.timeout, deadline, 'the warm standbys held');
   }
 
   inject(): void {
     const { service, hit } = this;
     switch (this.kind) {
       case 'kill':
-        process.kill(service.pidOf(hit[0]!)!, 'SIGKILL');
+        service.signal(hit[0]!, 'SIGKILL');
         return;
-      case 'hang': {
-        const pid = service.pidOf(hit[0]!)!;
-        process.kill(pid, 'SIGSTOP');
-        this.stopped.push(pid);
+      case 'hang':
+        service.signal(hit[0]!, 'SIGSTOP');
+        this.stopped.push(hit[0]!);
         return;
-      }
       case 'error':
         service.injectFault(hit[0]!, { kind: 'error', status: 500 });
         this.injected = true;
         return;
       case 'slow':
-        service.injectFault(hit[0]!, { kind: 'slow', delayMs: this.config.delay });
+        // Slow, not timed out: below timeouts.firstByte unless the config says otherwise (the config refuses that).
+        service.injectFault(hit[0]!, { kind: 'slow', delayMs: this.config.delay ?? Math.min(5000, this.service.config.timeouts.firstByte / 2) });
         this.injected = true;
         return;
       case 'cold-start':
@@ -615,21 +704,22 @@ class Fault {
     if (left > 0) await delay(left, undefined, { signal: deadline });
   }
 
-  /** Lifts whatever is still in place; safe to call twice. */
-  async lift(): Promise<void> {
-    for (const pid of this.stopped.splice(0)) {
-      try {
-        process.kill(pid, 'SIGCONT');
-      } catch (error) {
-        // Killed by the supervisor meanwhile (it stopped a hung instance): nothing to wake.
-        if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
-      }
-    }
+  /** Lifts whatever is still in place; safe to call twice. Throws only when a stopped process cannot be continued. */
+  lift(): void {
+    this.watch.abort();
     if (this.injected) {
       for (const instance of this.hit) this.service.injectFault(instance, undefined);
       this.injected = false;
     }
     for (const instance of this.held.splice(0)) this.service.dispatch({ type: 'resume', instance });
+    for (const instance of this.stopped.splice(0)) {
+      try {
+        this.service.signal(instance, 'SIGCONT');
+      } catch (error) {
+        // Stopped and restarted by the supervisor meanwhile (it stops a hung instance): nothing left to wake.
+        if (!/no running|ESRCH/.test(`${(error as NodeJS.ErrnoException).code ?? ''} ${(error as Error).message}`)) throw error;
+      }
+    }
   }
 
   /**
@@ -639,14 +729,13 @@ class Fault {
   private loseActive(): void {
     const { service } = this;
     const active = service.machineState().active!;
-    const pid = service.pidOf(active)!;
-    // Held the moment it is down, before its restart (a timer, so always later than this check).
     const fallen = (s: ServiceStatus) => ['down', 'quarantined'].includes(s.instances[active]!.state);
+    // Resolved inside the dispatch that made it fall, so before the restart timer; never after the fault is lifted.
     const hold = () => {
-      if (!fallen(service.machineState()) || this.held.includes(active)) return;
+      if (this.watch.signal.aborted || this.held.includes(active)) return;
       if (service.dispatch({ type: 'drain', instance: active }) === undefined) this.held.push(active);
     };
-    void service.waitFor(fallen, this.config.timeout).then(hold, () => {});
-    process.kill(pid, 'SIGKILL');
+    void service.waitFor(fallen, this.config.timeout, this.watch.signal).then(hold, () => {});
+    service.signal(active, 'SIGKILL');
   }
 }

@@ -174,6 +174,13 @@ export class ServiceController implements Upstreams {
     return this.handles.get(instance)?.runtime.pid;
   }
 
+  /** Signals what serves an instance (a drill's fault): see Runtime.signal. */
+  signal(instance: string, name: NodeJS.Signals): void {
+    const handle = this.handles.get(instance);
+    if (!handle) throw new Error(`service ${this.config.name} has no instance ${instance}`);
+    handle.runtime.signal(name);
+  }
+
   /** What the machine knows now (a copy is not made: do not change it). */
   machineState(): ServiceStatus {
     return this.state;
@@ -186,6 +193,8 @@ export class ServiceController implements Upstreams {
   waitFor(ready: (state: ServiceStatus) => boolean, timeoutMs: number, signal?: AbortSignal, what = 'the service'): Promise<ServiceStatus> {
     if (ready(this.state)) return Promise.resolve(this.state);
     if (this.closed) return Promise.reject(new Error('Understudy is shutting down'));
+    // An abort that came before this wait began must end it too (a listener added now would never fire).
+    if (signal?.aborted) return Promise.reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
     return new Promise((resolve, reject) => {
       const done = (error?: Error) => {
         this.stateWatchers.delete(check);

@@ -52,7 +52,10 @@ export class Understudy {
     );
     this.events.subscribe((event) => this.metrics.observe(event));
     this.events.subscribe((event) => this.logEvent(event));
-    this.alerts = new Alerter(config.alerts, { onError: (message, error) => this.log.error({ err: error }, message) });
+    this.alerts = new Alerter(config.alerts, {
+      onError: (message, error) => this.log.error({ err: error }, message),
+      quiet: (event) => this.quietReason(event),
+    });
     this.alerts.attach(this.events);
 
     for (const service of config.services) {
@@ -167,6 +170,7 @@ export class Understudy {
         clock: this.clock,
         publish: (service, event) => this.events.publish({ ...event, service, time: this.clock.now(), traceId: randomBytes(8).toString('hex') }),
         onError: (message, error) => this.log.error({ err: error }, message),
+        busy: (service) => this.drills.busy(service),
       });
       const changed: { service: string; version: string }[] = [];
       const releases = new Map<string, string>();
@@ -233,6 +237,17 @@ export class Understudy {
     } catch (error) {
       this.log.error({ err: error, service: name }, `could not deploy version ${version} from the config`);
     }
+  }
+
+  /**
+   * Why an alert for `event` is not sent: a drill running on its service caused it (the
+   * drill's own verdict alerts instead), or a version mismatch while a deploy moves versions.
+   */
+  private quietReason(event: UnderstudyEvent): string | undefined {
+    const drill = this.drills?.current(event.service);
+    if (drill !== undefined && event.type !== 'drill-finished') return `caused by drill ${drill}`;
+    if (event.type === 'version-mismatch' && this.deployer?.view(event.service)) return 'expected while a deploy or rollback moves versions';
+    return undefined;
   }
 
   private createRunner(store: JobStore): JobRunner {

@@ -139,7 +139,7 @@ class Run {
         return this.withInstance(input.instance, (instance) => {
           if (instance.state !== 'draining') return;
           if (instance.supervised) this.actions.push({ type: 'stop', instance: instance.name, reason: 'drained' });
-          this.enter(instance, 'stopped', 'drained for maintenance');
+          this.enter(instance, 'stopped', instance.maintenance ? 'drained for maintenance' : 'drained; back in its place, stopped');
         });
       case 'resume':
         return this.withInstance(input.instance, (instance) => this.resume(instance, input.start ?? true));
@@ -390,7 +390,9 @@ class Run {
    * already on its way up (at boot the primary is loading: that is not a failure).
    */
   private startColdStandbys(): void {
-    const warming = this.instances().some((i) => i.tier !== 'cold' && i.state === 'starting');
+    // Ready but its version not read yet is still on its way up: the read takes a moment, not a failure.
+    const reading = (i: InstanceStatus) => ROUTABLE.has(i.state) && this.config.version !== undefined && i.version === undefined && i.versionProblem === undefined;
+    const warming = this.instances().some((i) => i.tier !== 'cold' && (i.state === 'starting' || reading(i)));
     if (warming) return;
     for (const instance of this.instances()) {
       if (instance.tier === 'cold' && instance.state === 'stopped' && !instance.maintenance) {
@@ -444,8 +446,13 @@ class Run {
       return `${instance.name} is ${instance.state}; only a drained, stopped or quarantined instance can be resumed`;
     }
     if (instance.state === 'draining') {
-      // The drain is called off (it took too long): the process still runs, and its ready probe decides.
       instance.maintenance = false;
+      if (!start) {
+        // Back to its place stopped: the drain goes on, and ends in `stopped` without the hold.
+        instance.reason = 'draining; back in its place, stopped, once idle';
+        return undefined;
+      }
+      // The drain is called off (it took too long): the process still runs, and its ready probe decides.
       this.enter(instance, 'suspect', 'drain called off; back in service once its ready probe passes');
       return undefined;
     }

@@ -104,6 +104,8 @@ export type DrillEventBody =
       fault: string;
       instances: string[];
       passed: boolean;
+      /** Cut short by a shutdown: neither passed nor a finding about the service. */
+      aborted: boolean;
       /** From the fault to the first good answer from an instance it did not hit. */
       recoveredMs: number | null;
       failedRequests: number;

@@ -421,7 +421,7 @@ export function renderReportMarkdown(report: DrillReport, files: { svg: string; 
   lines.push(
     job === null
       ? '| Job | no job |'
-      : `| Job ${md(job.id)}: items / succeeded / lost / redone | ${job.items} / ${job.succeeded} / ${job.lost} / ${job.redone} |`,
+      : `| Job ${md(job.id)}: items / succeeded / lost / unfinished / redone | ${job.items} / ${job.succeeded} / ${job.lost} / ${job.unfinished} / ${job.redone} |`,
   );
   lines.push('');
 

@@ -20,7 +20,10 @@ export interface ProbeTarget {
 export class ProbeTraffic {
   readonly samples: ProbeSample[] = [];
   private readonly inflight = new Set<Promise<void>>();
-  private readonly agent = new Agent({ connections: 64, keepAliveTimeout: 10_000 });
+  /** Aborts the requests in flight when the drill must end now (a shutdown). */
+  private readonly cut = new AbortController();
+  // Enough connections that a slow fault (rate × delay requests open at once) queues in the gateway, never here.
+  private readonly agent = new Agent({ connections: 1024, keepAliveTimeout: 10_000 });
   private timer: NodeJS.Timeout | undefined;
   private sent = 0;
   private stopped = false;
@@ -55,12 +58,16 @@ export class ProbeTraffic {
     return this.sent >= this.options.max;
   }
 
-  /** Stops sending and waits for the requests in flight (each bounded by the request's timeout). */
-  async stop(): Promise<ProbeSample[]> {
+  /**
+   * Stops sending and waits for the requests in flight (each bounded by the request's
+   * timeout); with `now`, cuts them instead (they are recorded as failed).
+   */
+  async stop(now = false): Promise<ProbeSample[]> {
     this.stopped = true;
     clearTimeout(this.timer);
+    if (now) this.cut.abort(new Error('the drill was cut short'));
     while (this.inflight.size > 0) await Promise.all([...this.inflight]);
-    await this.agent.close();
+    await (now ? this.agent.destroy() : this.agent.close());
     return this.samples.sort((a, b) => a.sentAt - b.sentAt);
   }
 
@@ -84,7 +91,7 @@ export class ProbeTraffic {
         headers: { ...contentType, ...spec.headers, ...headers, 'x-understudy-drill': '1' },
         body,
         dispatcher: this.agent,
-        signal: AbortSignal.timeout(spec.timeout),
+        signal: AbortSignal.any([this.cut.signal, AbortSignal.timeout(spec.timeout)]),
       });
       status = answer.statusCode;
       const header = answer.headers['x-understudy-instance'];

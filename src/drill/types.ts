@@ -1,13 +1,13 @@
 import type { InstanceState } from '../core/index.js';
 
 /**
- * What a drill does to an instance: `kill` (SIGKILL its process), `hang` (SIGSTOP it),
+ * What a drill does to an instance: `kill` (SIGKILL its process group), `hang` (SIGSTOP),
  * `error` and `slow` (the gateway answers its attempts with errors, or holds them, as
- * Envoy's fault filter does), `cold-start` (every warm instance is killed and held, so
- * the cold standby must start and serve).
+ * Envoy's fault filter does), `cold-start` (every warm instance is lost, so the cold
+ * standby must start and serve). The list lives with the config, which names them.
  */
-export const FAULT_KINDS = ['kill', 'hang', 'error', 'slow', 'cold-start'] as const;
-export type FaultKind = (typeof FAULT_KINDS)[number];
+export { FAULT_KINDS, type FaultKind } from '../config/index.js';
+import type { FaultKind } from '../config/index.js';
 
 /** One probe request of a drill, as its client saw it. Times are ms from the drill's start. */
 export interface ProbeSample {
@@ -63,6 +63,8 @@ export interface DrillReport {
   liftedAt: number | null;
   /** The drill passed: no failed probe request, no lost job item, and the original state back. */
   passed: boolean;
+  /** Cut short by a shutdown of Understudy: not a finding about the service. */
+  aborted: boolean;
   /** In words: why it passed or failed. */
   verdict: string;
   /** From the fault to Understudy taking the instance out of service; null if it never did. */
@@ -81,8 +83,11 @@ export interface DrillReport {
     before: LatencySummary;
     during: LatencySummary;
   };
-  /** The job run through the drill, if any: items lost (never answered) and redone (tried more than once). */
-  job: { id: string; items: number; succeeded: number; lost: number; redone: number } | null;
+  /**
+   * The job run through the drill, if any: items lost (every try failed), unfinished (still
+   * pending when the drill ended) and redone (tried more than once).
+   */
+  job: { id: string; items: number; succeeded: number; lost: number; unfinished: number; redone: number } | null;
   /** Which instance was active and each one's state, before the drill and at its end. */
   before: { active: string | null; states: Record<string, InstanceState> };
   after: { active: string | null; states: Record<string, InstanceState> };

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
@@ -24,17 +24,19 @@ export interface Alert {
   detail: string;
   traceId: string;
   event: UnderstudyEvent;
-  /** Delivered to at least one sink; false while delivery is under way, and when suppressed, below minSeverity or without sinks. */
+  /** Delivered to at least one sink; false while delivery is under way, and when suppressed, quieted, below minSeverity or without sinks. */
   sent: boolean;
   /** A repeat of the same alert within repeatAfter of the last one sent: kept, not sent. */
   suppressed: boolean;
   /** Repeats suppressed since the last one of this alert was sent; 0 normally. */
   repeats: number;
+  /** Why `quiet` held it back (e.g. "caused by drill d-1"); null normally. A quieted alert is kept, not sent. */
+  quieted: string | null;
 }
 
 /** What is sent to a webhook (as the POST body) and to the command (on its standard input). */
 export interface AlertPayload {
-  alert: Omit<Alert, 'sent' | 'suppressed'>;
+  alert: Omit<Alert, 'sent' | 'suppressed' | 'quieted'>;
 }
 
 export interface AlertDeps {
@@ -42,6 +44,12 @@ export interface AlertDeps {
   onError(message: string, error: unknown): void;
   /** The clock for repeatAfter. Default Date.now. */
   now?: () => number;
+  /**
+   * Asked of each alert before it is sent: a reason (e.g. "caused by drill d-1", "expected
+   * during a deploy") keeps the alert in `recent()` unsent, marked `quieted`, without starting
+   * its repeat window. Default: nothing is quieted.
+   */
+  quiet?: (event: UnderstudyEvent) => string | undefined;
 }
 
 /** How many alerts are kept for `recent()`. */
@@ -52,9 +60,15 @@ const WEBHOOK_TIMEOUT_MS = 5_000;
 const WEBHOOK_BACKOFF_MS = [500, 1_000];
 /** The longest Retry-After honoured, so a shutdown waiting for deliveries stays short. */
 const MAX_RETRY_AFTER_MS = 5_000;
-/** The command gets SIGTERM after this long, and SIGKILL a grace period later. */
+/** The command's process group gets SIGTERM after this long, and SIGKILL a grace period later. */
 const COMMAND_TIMEOUT_MS = 10_000;
 const COMMAND_KILL_GRACE_MS = 2_000;
+/** How long a command that failed gets for its error output to arrive after it exited. */
+const COMMAND_STDERR_DRAIN_MS = 200;
+/** Deliveries (one alert to all its sinks) running at once; the rest wait their turn. */
+const MAX_DELIVERIES = 8;
+/** Deliveries waiting for a turn; past this the oldest waiting one is dropped. */
+const MAX_WAITING = 1_000;
 
 const RANK: Record<Severity, number> = { warning: 1, critical: 2 };
 
@@ -94,7 +108,8 @@ export function alertFor(event: UnderstudyEvent): { severity: Severity; title: s
       if (event.to !== 'failed') return undefined;
       return { severity: 'warning', title: `job ${event.job} of ${s} failed (${event.done}/${event.total} items done)`, instance: null, subject: event.job };
     case 'drill-finished':
-      if (event.passed) return undefined;
+      // An aborted drill was cut short by a shutdown: not a finding about the service.
+      if (event.passed || event.aborted) return undefined;
       return {
         severity: 'warning',
         title: `drill ${event.drill} (${event.fault}) on ${s} failed`,
@@ -132,10 +147,17 @@ interface RepeatState {
   suppressed: number;
 }
 
+interface Waiting {
+  alert: Alert;
+  /** true: its turn has come; false: dropped. */
+  start(go: boolean): void;
+}
+
 /**
  * Turns events into alerts: keeps the last {@link KEEP} of them, drops repeats within
  * `repeatAfter`, and delivers the rest to webhooks and a command, off the publisher's
- * path. A delivery that fails is told to `onError`; it never throws into the event log.
+ * path, {@link MAX_DELIVERIES} at a time. A delivery that fails is told to `onError`; it
+ * never throws into the event log.
  */
 export class Alerter {
   private state: AlerterState = 'open';
@@ -146,6 +168,12 @@ export class Alerter {
   private readonly detach = new Set<() => void>();
   private closing: Promise<void> | undefined;
   private readonly now: () => number;
+  private running = 0;
+  private readonly waiting: Waiting[] = [];
+  /** Aborted by close(): no webhook is tried again, backoff waits end. */
+  private readonly noMoreTries = new AbortController();
+  /** Aborted WEBHOOK_TIMEOUT_MS after close(): requests under way end, waiting deliveries are dropped. */
+  private readonly deadline = new AbortController();
 
   constructor(
     private readonly config: AlertsConfig,
@@ -178,15 +206,35 @@ export class Alerter {
     return { ...this.raised };
   }
 
-  /** Stops listening and waits for deliveries under way (each has its own timeouts). Safe to call twice. */
+  /**
+   * Stops listening and lets deliveries under way finish their current try, without
+   * retries. Webhook requests still open and deliveries still waiting for a turn
+   * {@link WEBHOOK_TIMEOUT_MS} later are given up; each of those is reported to `onError`
+   * as not delivered. A running command keeps its own timeout. Safe to call twice.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.state = 'closing';
       for (const off of [...this.detach]) off();
-      while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+      this.noMoreTries.abort();
+      const deadline = setTimeout(() => this.giveUp(), WEBHOOK_TIMEOUT_MS);
+      try {
+        while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+      } finally {
+        clearTimeout(deadline);
+      }
       this.state = 'closed';
     })();
     return this.closing;
+  }
+
+  private giveUp(): void {
+    const dropped = this.waiting.splice(0);
+    for (const { alert, start } of dropped) {
+      this.report(`alert "${alert.title}" not delivered: the alerter closed before its turn`, new Error('alerter closed'));
+      start(false);
+    }
+    this.deadline.abort();
   }
 
   private handle(event: UnderstudyEvent): void {
@@ -208,10 +256,14 @@ export class Alerter {
         sent: false,
         suppressed: false,
         repeats: 0,
+        quieted: null,
       };
       this.raised[alert.severity]++;
       this.alerts.push(alert);
       if (this.alerts.length > KEEP) this.alerts.splice(0, this.alerts.length - KEEP);
+
+      alert.quieted = this.quieted(event);
+      if (alert.quieted !== null) return;
 
       if (RANK[alert.severity] < RANK[this.config.minSeverity]) return;
       if (this.config.webhooks.length === 0 && this.config.command === undefined) return;
@@ -233,10 +285,27 @@ export class Alerter {
     }
   }
 
+  /** The reason `quiet` gives, or null. A `quiet` that throws quiets nothing: better a noisy alert than a lost one. */
+  private quieted(event: UnderstudyEvent): string | null {
+    if (!this.deps.quiet) return null;
+    try {
+      return this.deps.quiet(event) ?? null;
+    } catch (error) {
+      this.report(`could not ask whether ${event.type} on ${event.service} is quiet; alerting`, error);
+      return null;
+    }
+  }
+
   private track(key: string, alert: Alert): void {
-    // setImmediate: spawning the command and opening sockets happen after the publisher has moved on.
-    const delivery = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => this.deliver(alert))
+    const delivery = this.turn(alert)
+      .then(async (go) => {
+        if (!go) return false;
+        try {
+          return await this.deliver(alert);
+        } finally {
+          this.release();
+        }
+      })
       .then((sent) => {
         alert.sent = sent;
         const entry = this.repeats.get(key);
@@ -250,9 +319,37 @@ export class Alerter {
     this.inFlight.add(delivery);
   }
 
+  /** Resolves true when the delivery may start, false when it was dropped (too many waiting, or closed). */
+  private turn(alert: Alert): Promise<boolean> {
+    return new Promise<boolean>((start) => {
+      if (this.running < MAX_DELIVERIES) {
+        this.running++;
+        // setImmediate: spawning the command and opening sockets happen after the publisher has moved on.
+        setImmediate(() => start(true));
+        return;
+      }
+      this.waiting.push({ alert, start });
+      if (this.waiting.length > MAX_WAITING) {
+        const oldest = this.waiting.shift()!;
+        this.report(
+          `alert "${oldest.alert.title}" dropped: ${MAX_WAITING} alerts were already waiting for delivery`,
+          new Error('too many alerts waiting for delivery'),
+        );
+        oldest.start(false);
+      }
+    });
+  }
+
+  /** A delivery ended: its turn passes to the oldest one waiting. */
+  private release(): void {
+    const next = this.waiting.shift();
+    if (next) next.start(true);
+    else this.running--;
+  }
+
   /** True when at least one sink took the alert. */
   private async deliver(alert: Alert): Promise<boolean> {
-    const { sent: _sent, suppressed: _suppressed, ...rest } = alert;
+    const { sent: _sent, suppressed: _suppressed, quieted: _quieted, ...rest } = alert;
     const body = JSON.stringify({ alert: rest } satisfies AlertPayload);
     const sinks: Promise<boolean>[] = this.config.webhooks.map((hook) => this.postWebhook(hook, alert, body));
     if (this.config.command) sinks.push(this.runCommand(this.config.command, alert, body));
@@ -265,6 +362,7 @@ export class Alerter {
     for (const [name, value] of Object.entries(hook.headers)) if (name.toLowerCase() !== 'content-type') headers[name] = value;
     headers['content-type'] = 'application/json';
     if (!Object.keys(headers).some((name) => name.toLowerCase() === 'user-agent')) headers['user-agent'] = 'understudy-alerts';
+    const given = (tries: number) => `${tries} ${tries === 1 ? 'try' : 'tries'}`;
     for (let tries = 1; ; tries++) {
       let outcome: WebhookOutcome;
       let problem: string;
@@ -273,7 +371,7 @@ export class Alerter {
           method: 'POST',
           headers,
           body,
-          signal: AbortSignal.timeout(WEBHOOK_TIMEOUT_MS),
+          signal: AbortSignal.any([AbortSignal.timeout(WEBHOOK_TIMEOUT_MS), this.deadline.signal]),
           headersTimeout: WEBHOOK_TIMEOUT_MS,
           bodyTimeout: WEBHOOK_TIMEOUT_MS,
         });
@@ -284,16 +382,26 @@ export class Alerter {
         const snippet = text.trim().slice(0, 200);
         problem = `answered ${response.statusCode}${snippet ? `: ${snippet}` : ''}`;
       } catch (error) {
+        if (this.deadline.signal.aborted) {
+          this.report(`alert "${alert.title}" not delivered to webhook ${redact(hook.url)}: the alerter closed before it answered (${given(tries)})`, error);
+          return false;
+        }
         outcome = { error };
         problem = describe(error);
       }
+      const failure = 'error' in outcome ? outcome.error : new Error(problem);
       const wait = webhookRetryDelay(tries, outcome);
       if (wait === undefined) {
-        const error = 'error' in outcome ? outcome.error : new Error(problem);
-        this.report(`alert "${alert.title}" not delivered to webhook ${redact(hook.url)}: ${problem} (${tries} ${tries === 1 ? 'try' : 'tries'})`, error);
+        this.report(`alert "${alert.title}" not delivered to webhook ${redact(hook.url)}: ${problem} (${given(tries)})`, failure);
         return false;
       }
-      await sleep(wait);
+      try {
+        if (this.noMoreTries.signal.aborted) throw this.noMoreTries.signal.reason;
+        await sleep(wait, undefined, { signal: this.noMoreTries.signal });
+      } catch {
+        this.report(`alert "${alert.title}" not delivered to webhook ${redact(hook.url)}: ${problem} (${given(tries)}, then the alerter closed)`, failure);
+        return false;
+      }
     }
   }
 
@@ -303,11 +411,12 @@ export class Alerter {
       this.report(`alert "${alert.title}" not delivered to command ${program}: ${problem}`, error);
       return false;
     };
-    return new Promise<boolean>((resolve) => {
-      let stderr = '';
-      let timedOut = false;
-      const child = spawn(program, args, {
+    let child: ChildProcess;
+    try {
+      child = spawn(program, args, {
         stdio: ['pipe', 'ignore', 'pipe'],
+        // Its own process group, so the timeout stops what it started as well.
+        detached: true,
         env: {
           ...process.env,
           UNDERSTUDY_ALERT_SEVERITY: alert.severity,
@@ -316,15 +425,31 @@ export class Alerter {
           UNDERSTUDY_ALERT_TITLE: alert.title,
         },
       });
+    } catch (error) {
+      // E.g. a NUL byte in the title: the webhooks still get the alert.
+      return Promise.resolve(fail(`could not run it: ${describe(error)}`, error));
+    }
+    return new Promise<boolean>((resolve) => {
+      let stderr = '';
+      let timedOut = false;
+      let settled = false;
       let kill: NodeJS.Timeout | undefined;
       const term = setTimeout(() => {
         timedOut = true;
-        child.kill('SIGTERM');
-        kill = setTimeout(() => child.kill('SIGKILL'), COMMAND_KILL_GRACE_MS);
+        const failed = (error: unknown) => this.report(`could not stop command ${program} for alert "${alert.title}"`, error);
+        signalGroup(child, 'SIGTERM', failed);
+        kill = setTimeout(() => signalGroup(child, 'SIGKILL', failed), COMMAND_KILL_GRACE_MS);
+        // The group may outlive its leader; the SIGKILL still comes, but does not hold the process open.
+        kill.unref();
       }, COMMAND_TIMEOUT_MS);
-      const done = (sent: boolean) => {
+      const settle = (sent: boolean) => {
+        if (settled) return;
+        settled = true;
         clearTimeout(term);
-        clearTimeout(kill);
+        if (kill && !groupAlive(child)) clearTimeout(kill);
+        // A background child of the command may hold these open for as long as it likes.
+        child.stdin?.destroy();
+        child.stderr?.destroy();
         resolve(sent);
       };
       child.stderr!.setEncoding('utf8');
@@ -333,17 +458,29 @@ export class Alerter {
       });
       // A command that exits without reading its input breaks the pipe: its exit code decides.
       child.stdin!.on('error', () => {});
+      child.stderr!.on('error', () => {});
       child.stdin!.end(body);
-      child.once('error', (error) => done(fail(`could not run it: ${describe(error)}`, error)));
-      child.once('close', (code, signal) => {
-        if (code === 0) return done(true);
-        const how = timedOut
-          ? `killed after ${COMMAND_TIMEOUT_MS / 1000} s`
-          : signal
-            ? `killed by ${signal}`
-            : `exited with code ${code}`;
-        const tail = stderr.trim();
-        done(fail(`${how}${tail ? `: ${tail}` : ''}`, new Error(how)));
+      // A program that is not there ends with 'error' and then 'close' (no 'exit'): reported once.
+      // `on`, not `once`: a later 'error' without a listener would throw.
+      child.on('error', (error) => settle(fail(`could not run it: ${describe(error)}`, error)));
+      // 'exit', not 'close': 'close' waits for the stdio pipes, which a background child may keep.
+      child.once('exit', (code, signal) => {
+        if (settled) return;
+        if (code === 0) return settle(true);
+        const report = () => {
+          clearTimeout(drain);
+          const how = timedOut
+            ? `killed after ${COMMAND_TIMEOUT_MS / 1000} s`
+            : signal
+              ? `killed by ${signal}`
+              : `exited with code ${code}`;
+          const tail = stderr.trim();
+          settle(fail(`${how}${tail ? `: ${tail}` : ''}`, new Error(how)));
+        };
+        // What it wrote before it exited may still be in the pipe.
+        const drain = setTimeout(report, COMMAND_STDERR_DRAIN_MS);
+        if (child.stderr!.readableEnded) report();
+        else child.stderr!.once('end', report);
       });
     });
   }
@@ -354,6 +491,26 @@ export class Alerter {
     } catch {
       // The reporter failing must not break delivery or the event log.
     }
+  }
+}
+
+/** Signals the command's process group; a group that is gone already is no error. Never throws: it runs in a timer. */
+function signalGroup(child: ChildProcess, signal: NodeJS.Signals, report: (error: unknown) => void): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') report(error);
+  }
+}
+
+function groupAlive(child: ChildProcess): boolean {
+  if (child.pid === undefined) return false;
+  try {
+    process.kill(-child.pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
 

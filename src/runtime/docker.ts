@@ -88,6 +88,14 @@ export class DockerRuntime implements Runtime {
     return this.run?.pid;
   }
 
+  signal(name: NodeJS.Signals): void {
+    const run = this.run;
+    if (run?.pid === undefined) throw new Error('the container has no running model server');
+    // The model server itself: killed, docker-init exits with it and the container ends, as when it dies on its own.
+    process.kill(run.pid, name);
+    if (name === 'SIGCONT' && run.enginePid !== undefined) process.kill(run.enginePid, name);
+  }
+
   onExit(listener: (code: number | null, signal: string | null) => void): void {
     this.exitListener = listener;
   }

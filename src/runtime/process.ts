@@ -33,6 +33,13 @@ export class ProcessRuntime implements Runtime {
     return this.child?.pid;
   }
 
+  signal(name: NodeJS.Signals): void {
+    const pid = this.pid;
+    if (pid === undefined || this.child?.exitCode !== null || this.child.signalCode !== null) throw new Error('the instance has no running process');
+    // The group: the process was started detached, as its own group leader (see start()).
+    process.kill(-pid, name);
+  }
+
   onExit(listener: (code: number | null, signal: string | null) => void): void {
     this.exitListener = listener;
   }

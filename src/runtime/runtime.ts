@@ -19,6 +19,12 @@ export interface Runtime {
   onExit(listener: (code: number | null, signal: string | null) => void): void;
   /** Process id while running, for status and drills. */
   readonly pid: number | undefined;
+  /**
+   * Sends a signal to what serves (a drill's fault): a process instance's whole process
+   * group (a wrapper script and the server it runs alike), a container's model server
+   * (SIGCONT to docker-init too). Throws when nothing runs or the signal is not permitted.
+   */
+  signal(name: NodeJS.Signals): void;
 }
 
 export class StartError extends UnderstudyError {
@@ -42,6 +48,9 @@ export class ExternalRuntime implements Runtime {
   async stop(): Promise<void> {}
   async recover(): Promise<void> {}
   onExit(): void {}
+  signal(): void {
+    throw new Error('an external instance runs outside Understudy: it has no process to signal');
+  }
 }
 
 /** The pre-start check of `requires`: every path (a model directory, a config file) must exist. */

@@ -133,3 +133,32 @@ describe('docker runtime and backups', () => {
     ]);
   });
 });
+
+describe('drills and alerts', () => {
+  it('fills in drill and alert defaults, and reads webhooks as URLs or objects', () => {
+    const config = parseConfig(
+      `alerts: { webhooks: ["http://127.0.0.1:9/hook", { url: "https://pager.example/x", headers: { authorization: "Bearer t" } }], repeatAfter: 1m }\n${ok('    drill: { request: { path: /health }, schedule: "0 4 * * 1", faults: [error] }\n')}`,
+      'u.yaml',
+    );
+    expect(config.services[0]!.drill).toMatchObject({ requests: 400, rate: 20, jobItems: 10, hold: 5000, timeout: 120_000, faults: ['error'] });
+    expect(config.alerts).toEqual({
+      webhooks: [
+        { url: 'http://127.0.0.1:9/hook', headers: {} },
+        { url: 'https://pager.example/x', headers: { authorization: 'Bearer t' } },
+      ],
+      minSeverity: 'warning',
+      repeatAfter: 60_000,
+    });
+  });
+
+  it('refuses a scheduled drill without a probe request, faults the instances cannot take, and a slow fault past firstByte', () => {
+    expect(mistakes(ok('    drill: { schedule: "0 4 * * 1", faults: [kill, cold-start], delay: 3m }\n'))).toEqual([
+      '4:24 services.tts.drill.schedule: a drill sends a probe request: set drill.request (or deploy.smoke)',
+      '4:45 services.tts.drill.faults: kill needs every warm instance run by Understudy (not external)',
+      '4:45 services.tts.drill.faults: cold-start needs a cold standby and every warm instance run by Understudy',
+      '4:72 services.tts.drill.delay: must be below timeouts.firstByte (120000ms): a longer hold is a timeout, not a slow answer',
+    ]);
+    expect(mistakes(ok('    drill: { faults: [explode] }\n'))[0]).toMatch(/services.tts.drill.faults.0: /);
+    expect(mistakes(`alerts: { webhooks: [ftp://x] }\n${ok()}`)[0]).toMatch(/alerts.webhooks.0: /);
+  });
+});

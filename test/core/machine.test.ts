@@ -374,6 +374,16 @@ describe('switchover and drain', () => {
     expect(h.stateOf('hot')).toBe('ready');
   });
 
+  it('lets a drain called off with start: false finish into a stopped instance that is not held', () => {
+    const h = booted();
+    h.send({ type: 'drain', instance: 'hot' });
+    expect(h.send({ type: 'resume', instance: 'hot', start: false })).toBeUndefined();
+    expect(h.stateOf('hot')).toBe('draining');
+    h.send({ type: 'drained', instance: 'hot' });
+    expect(h.stateOf('hot')).toBe('stopped');
+    expect(h.state.instances.hot!.maintenance).toBe(false);
+  });
+
   it('refuses to drain the only ready instance', () => {
     const h = booted(service({ drop: ['hot'] }));
     expect(h.send({ type: 'drain', instance: 'primary' })).toBe(
@@ -471,6 +481,18 @@ describe('version pinning', () => {
     expect(h.state.active).toBeNull();
     h.send({ type: 'version', instance: 'primary', version: '1.0', detail: '200' });
     expect(h.state.active).toBe('primary');
+  });
+
+  it('does not start a cold standby while warm instances are ready and only their version is still being read', () => {
+    const h = new Harness(service({ version: '1.0' }));
+    h.send({ type: 'boot' });
+    h.send({ type: 'probe', instance: 'primary', probe: 'startup', ok: true, detail: '200' });
+    h.send({ type: 'probe', instance: 'hot', probe: 'startup', ok: true, detail: '200' });
+    expect(h.stateOf('cold')).toBe('stopped');
+    // An unreadable version is a failure to serve, not a read on its way: now the cold standby starts.
+    h.send({ type: 'version', instance: 'primary', version: undefined, detail: 'connection refused' });
+    h.send({ type: 'version', instance: 'hot', version: undefined, detail: 'connection refused' });
+    expect(h.stateOf('cold')).toBe('starting');
   });
 
   it('moves traffic off an active instance whose version changes under it', () => {

@@ -80,6 +80,10 @@ describe('drills against the bundled demo', () => {
     const listed = await app.drills.list('tts');
     expect(listed.map((d) => d.fault)).toEqual([...FAULT_KINDS]);
     expect(listed.every((d) => d.passed)).toBe(true);
+    // What the drills caused (the cold-start's moment with no ready instance) raised alerts that were kept, not sent.
+    const raised = app.alerts.recent({ service: 'tts' });
+    expect(raised.map((a) => a.kind)).toContain('no-ready-instance');
+    expect(raised.filter((a) => !a.quieted?.startsWith('caused by drill'))).toEqual([]);
 
     // The ASR service has no probe request configured: refused, with the reason.
     expect(() => app.drills.begin({ service: 'asr', fault: 'kill' })).toThrow(/set drill.request/);

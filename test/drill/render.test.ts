@@ -33,6 +33,7 @@ function killReport(): DrillReport {
     faultAt: 4_000,
     liftedAt: null,
     passed: true,
+    aborted: false,
     verdict: 'no request failed, the job lost nothing, tts-primary active again after 8200 ms',
     detectedMs: 620,
     recoveredMs: 640,
@@ -45,7 +46,7 @@ function killReport(): DrillReport {
       before: { p50: 41, p99: 44.6, max: 44.9 },
       during: { p50: 42, p99: 640, max: 660 },
     },
-    job: { id: 'job-7', items: 40, succeeded: 40, lost: 0, redone: 2 },
+    job: { id: 'job-7', items: 40, succeeded: 40, lost: 0, unfinished: 0, redone: 2 },
     before: { active: 'tts-primary', states: { 'tts-primary': 'ready', 'tts-hot': 'ready', 'tts-cold': 'stopped' } },
     after: { active: 'tts-primary', states: { 'tts-primary': 'ready', 'tts-hot': 'ready', 'tts-cold': 'stopped' } },
     samples,
@@ -353,7 +354,7 @@ describe('report markdown', () => {
     expect(md).toContain('| Restored (fault → back as before) | 4200 ms |');
     expect(md).toContain('| Requests sent / ok / failed | 140 / 140 / 0 |');
     expect(md).toContain('| Latency p99 before / during | 44.6 ms / 640 ms |');
-    expect(md).toContain('| Job job-7: items / succeeded / lost / redone | 40 / 40 / 0 / 2 |');
+    expect(md).toContain('| Job job-7: items / succeeded / lost / unfinished / redone | 40 / 40 / 0 / 0 / 2 |');
     expect(md).not.toContain('First failures');
     expect(md).toContain('Active instance: tts-primary before, tts-primary after.');
     expect(md).toContain('| tts-primary | ready (active) | ready (active) |');

@@ -33,8 +33,9 @@ services:
     instances:${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}
   quiet:
     route: { pathPrefix: /quiet/ }
-    drill: { schedule: "* * * * * *" }
-    instances:${instance('primary', 'primary', c!)}${instance('hot', 'hot', d!)}
+    drill: { schedule: "* * * * * *", request: { path: /health } }
+    instances:${instance('primary', 'primary', c!)}
+      hot: { tier: hot, url: "http://127.0.0.1:${d}", probes: { ready: { http: { path: /health }, interval: 100ms } } }
 `);
     const started = await gateway.event((e) => e.type === 'drill-started' && e.service === 'infer', 30_000, 'a scheduled drill');
     expect(started).toMatchObject({ fault: 'error', trigger: 'schedule', instances: ['primary'] });
@@ -44,9 +45,11 @@ services:
     const next = await gateway.event((e) => e.type === 'drill-finished' && e.service === 'infer' && e.fault === 'kill', 60_000, 'the next kind');
     expect(next).toMatchObject({ passed: true, failedRequests: 0 });
 
-    // No probe request configured for `quiet`: each turn is skipped, with the reason, and nothing is touched.
+    // `quiet`'s standby never comes up (nothing listens there): each turn is skipped, with the reason, and nothing is touched.
     const skipped = await gateway.event((e) => e.type === 'drill-skipped' && e.service === 'quiet', 30_000, 'a skipped drill');
-    expect(skipped.reason).toMatch(/set drill.request/);
+    expect(skipped.reason).toMatch(/not healthy enough to drill: hot is (starting|down)/);
+    // Its standby runs outside Understudy: only the gateway's faults are in its rotation.
+    expect(gateway.app.drills.faultsFor(gateway.app.service('quiet')!)).toEqual(['error', 'slow']);
     expect(gateway.app.events.list({ service: 'quiet', type: 'drill-started' })).toEqual([]);
     expect(gateway.app.drills.nextRuns()).toMatchObject({ infer: expect.any(String), quiet: expect.any(String) });
   }, 90_000);

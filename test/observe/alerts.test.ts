@@ -1,4 +1,6 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http, { type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,6 +11,7 @@ import type { EventBody, UnderstudyEvent } from '../../src/core/index.js';
 import { Alerter, alertFor, webhookRetryDelay, type AlertPayload } from '../../src/observe/alerts.js';
 import { EventLog } from '../../src/observe/index.js';
 import { freePort } from '../support/ports.js';
+import { waitUntil } from '../support/wait.js';
 
 let seq = 0;
 const ev = (body: EventBody, service = 'tts'): UnderstudyEvent => ({ ...body, time: 1_000 + seq, service, traceId: `trace-${seq++}` });
@@ -34,17 +37,29 @@ interface Received {
   body: AlertPayload;
 }
 
-/** A real webhook receiver that answers the given statuses in turn, then 200. */
-async function webhookServer(statuses: number[] = []) {
+/**
+ * A real webhook receiver that answers the given statuses in turn, then 200; `answerAfterMs`
+ * makes it slow, `never` makes it keep every request open. `maxOpen` is the most requests it
+ * held open at once.
+ */
+async function webhookServer(statuses: number[] = [], { answerAfterMs = 0, never = false }: { answerAfterMs?: number; never?: boolean } = {}) {
   const received: Received[] = [];
   const waiters: { count: number; resolve: () => void }[] = [];
+  const stats = { open: 0, maxOpen: 0 };
   const server = http.createServer((req, res) => {
+    stats.open++;
+    stats.maxOpen = Math.max(stats.maxOpen, stats.open);
+    res.on('close', () => stats.open--);
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => {
       received.push({ headers: req.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as AlertPayload });
       const status = statuses.shift() ?? 200;
-      res.writeHead(status, { 'content-type': 'text/plain' }).end(status < 300 ? 'ok' : 'receiver is unwell');
+      const answer = () => res.writeHead(status, { 'content-type': 'text/plain' }).end(status < 300 ? 'ok' : 'receiver is unwell');
+      if (!never) {
+        if (answerAfterMs > 0) setTimeout(answer, answerAfterMs);
+        else answer();
+      }
       for (const waiter of [...waiters]) {
         if (received.length >= waiter.count) {
           waiters.splice(waiters.indexOf(waiter), 1);
@@ -58,6 +73,7 @@ async function webhookServer(statuses: number[] = []) {
   return {
     url: `http://127.0.0.1:${port}/hook`,
     received,
+    stats,
     /** Resolves once `count` requests have arrived. */
     requests(count: number): Promise<void> {
       if (received.length >= count) return Promise.resolve();
@@ -108,10 +124,40 @@ function alerter(cfg: AlertsConfig, deps: ConstructorParameters<typeof Alerter>[
   return a;
 }
 
-async function server(statuses: number[] = []) {
-  const s = await webhookServer(statuses);
+async function server(statuses: number[] = [], options: Parameters<typeof webhookServer>[1] = {}) {
+  const s = await webhookServer(statuses, options);
   cleanups.push(() => s.close());
   return s;
+}
+
+/**
+ * A command for `sh -c` that reads its input, then runs `rest` with a `sleep 30` started in the
+ * background (holding the error output pipe); its process group and the sleep's pid go to pidFile.
+ * The test's cleanup kills both, so no sleep outlives the test.
+ */
+function backgroundSleeper(pidFile: string, rest: string): string[] {
+  cleanups.push(() => {
+    if (!existsSync(pidFile)) return;
+    const [group, sleeper] = readFileSync(pidFile, 'utf8').trim().split(' ').map(Number);
+    for (const target of [-group!, sleeper!]) {
+      try {
+        process.kill(target, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+  });
+  return ['sh', '-c', `cat >/dev/null; sleep 30 & echo "$$ $!" > "$1"; ${rest}`, 'sh', pidFile];
+}
+
+/** Whether the process is gone (or a zombie: dead, not yet reaped). */
+function dead(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
 }
 
 describe('alertFor', () => {
@@ -159,6 +205,7 @@ describe('alertFor', () => {
           fault: 'kill-primary',
           instances: ['gpu-a'],
           passed: false,
+          aborted: false,
           recoveredMs: null,
           failedRequests: 4,
           lostItems: 0,
@@ -186,11 +233,26 @@ describe('alertFor', () => {
         fault: 'kill-primary',
         instances: ['gpu-a'],
         passed: true,
+        aborted: false,
         recoveredMs: 300,
         failedRequests: 0,
         lostItems: 0,
         report: '/tmp/d-1',
         reason: 'recovered',
+      },
+      // Cut short by a shutdown: not a finding.
+      {
+        type: 'drill-finished',
+        drill: 'd-2',
+        fault: 'kill-primary',
+        instances: ['gpu-a'],
+        passed: false,
+        aborted: true,
+        recoveredMs: null,
+        failedRequests: 0,
+        lostItems: 0,
+        report: '/tmp/d-2',
+        reason: 'understudy is shutting down',
       },
       { type: 'drill-skipped', fault: 'kill-primary', reason: 'no standby' },
     ];
@@ -362,6 +424,180 @@ describe('Alerter', () => {
       `alert "tts has no ready instance" not delivered to command ${process.execPath}: exited with code 3: no route to pager`,
     ]);
     expect(a.recent()).toMatchObject([{ sent: false }]);
+  });
+
+  it('settles a command when it exits, though a background child keeps its error output open', async () => {
+    const errors = errorSink();
+    const pidFile = path.join(dir, 'pids');
+    const a = alerter(config({ command: backgroundSleeper(pidFile, 'exit 0') }), errors);
+    log.publish(ev({ type: 'no-ready-instance', reason: 'all down' }));
+    // The sleep lives 30 s; the delivery must not wait for it.
+    await within(a.close(), 'close with a background child holding stderr', 5_000);
+    expect(a.recent()).toMatchObject([{ sent: true }]);
+    expect(errors.errors).toEqual([]);
+  });
+
+  it('stops a command that runs too long, with everything it started', { timeout: 30_000 }, async () => {
+    const errors = errorSink();
+    const pidFile = path.join(dir, 'pids');
+    const a = alerter(config({ command: backgroundSleeper(pidFile, 'wait') }), errors);
+    log.publish(ev({ type: 'no-ready-instance', reason: 'all down' }));
+    await within(a.close(), 'the command timeout', 15_000);
+    expect(errors.errors.map((e) => e.message)).toEqual(['alert "tts has no ready instance" not delivered to command sh: killed after 10 s']);
+    const sleeper = Number(readFileSync(pidFile, 'utf8').trim().split(' ')[1]);
+    // SIGTERM went to the process group, so the background sleep got it too.
+    await waitUntil(() => dead(sleeper), { timeoutMs: 3_000, what: `the background sleep (pid ${sleeper}) to die` });
+  });
+
+  it('reports a command that is not there once', async () => {
+    const errors = errorSink();
+    const missing = path.join(dir, 'no-such-command');
+    const a = alerter(config({ command: [missing] }), errors);
+    log.publish(ev({ type: 'no-ready-instance', reason: 'all down' }));
+    await within(a.close(), 'the command');
+    // A missing program ends with 'error', then 'close' once its pipes are shut. A process of our
+    // own that starts and exits after that takes many turns of the event loop: by then both came.
+    const marker = spawn(process.execPath, ['-e', ''], { stdio: 'ignore' });
+    await within(once(marker, 'exit'), 'a process to exit');
+    expect(errors.errors.map((e) => e.message)).toEqual([
+      `alert "tts has no ready instance" not delivered to command ${missing}: could not run it: spawn ${missing} ENOENT`,
+    ]);
+    expect(a.recent()).toMatchObject([{ sent: false }]);
+  });
+
+  it('still delivers to webhooks when the command cannot even be started', async () => {
+    const hook = await server();
+    const errors = errorSink();
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }], command: [process.execPath, '-e', ''] }), errors);
+    // A NUL byte in the title makes spawn throw: no environment variable may hold one.
+    log.publish(ev(startFailed('gpu\u0000b')));
+    await hook.requests(1);
+    await within(a.close(), 'the delivery');
+    expect(hook.received.map((r) => r.body.alert.title)).toEqual(['gpu\u0000b of tts failed to start']);
+    expect(errors.errors).toHaveLength(1);
+    expect(errors.errors[0]!.message).toMatch(/^alert "gpu\u0000b of tts failed to start" not delivered to command .*: could not run it: ERR_INVALID_ARG_VALUE: .*null bytes/);
+    expect(a.recent()).toMatchObject([{ sent: true }]);
+  });
+
+  it('sends the next repeat when the command could not be started', async () => {
+    const errors = errorSink();
+    const a = alerter(config({ command: [process.execPath, '-e', ''] }), errors);
+    const failed = errors.next();
+    log.publish(ev(startFailed('gpu\u0000b')));
+    await failed;
+    // The failure is recorded a few microtasks after it is reported.
+    await new Promise((resolve) => setImmediate(resolve));
+    const again = errors.next();
+    log.publish(ev(startFailed('gpu\u0000b')));
+    await again;
+    await within(a.close(), 'the deliveries');
+    expect(errors.errors).toHaveLength(2);
+    expect(a.recent().map((x) => [x.sent, x.suppressed])).toEqual([
+      [false, false],
+      [false, false],
+    ]);
+  });
+
+  it('does not wait for webhook retries when closed', async () => {
+    const hook = await server(Array<number>(10).fill(500));
+    const errors = errorSink();
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }] }), errors);
+    log.publish(ev({ type: 'no-ready-instance', reason: 'all down' }));
+    await hook.requests(1);
+    // Waiting out the backoffs would take 1.5 s and two more tries.
+    await within(a.close(), 'close during a webhook backoff', 1_000);
+    expect(hook.received).toHaveLength(1);
+    expect(errors.errors.map((e) => e.message)).toEqual([
+      `alert "tts has no ready instance" not delivered to webhook ${hook.url}: answered 500: receiver is unwell (1 try, then the alerter closed)`,
+    ]);
+    expect(a.recent()).toMatchObject([{ sent: false }]);
+  });
+
+  it('gives up open requests and waiting deliveries a request timeout after close', { timeout: 30_000 }, async () => {
+    const hook = await server([], { never: true });
+    const errors = errorSink();
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }] }), errors);
+    for (let i = 0; i < 12; i++) log.publish(ev(quarantined(`gpu-${i}`)));
+    await hook.requests(8);
+    const started = Date.now();
+    // Eight requests time out after 5 s; the four waiting must not get 5 s more.
+    await within(a.close(), 'close with a webhook that never answers', 8_000);
+    expect(Date.now() - started).toBeLessThan(8_000);
+    expect(errors.errors).toHaveLength(12);
+    for (const { message } of errors.errors) expect(message).toMatch(/^alert "gpu-\d+ of tts quarantined after 3 failures in 5 min" not delivered/);
+    expect(a.recent().every((x) => !x.sent)).toBe(true);
+  });
+
+  it('runs at most eight deliveries at once in a burst', async () => {
+    const hook = await server([], { answerAfterMs: 50 });
+    const errors = errorSink();
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }] }), errors);
+    for (let i = 0; i < 50; i++) log.publish(ev(quarantined(`gpu-${i}`)));
+    await hook.requests(50);
+    await within(a.close(), 'the deliveries');
+    expect(hook.stats.maxOpen).toBeLessThanOrEqual(8);
+    expect(hook.stats.maxOpen).toBeGreaterThan(1);
+    expect(new Set(hook.received.map((r) => r.body.alert.instance)).size).toBe(50);
+    expect(a.recent().every((x) => x.sent)).toBe(true);
+    expect(errors.errors).toEqual([]);
+  });
+
+  it('drops the oldest waiting delivery past a thousand waiting', async () => {
+    const hook = await server();
+    const errors = errorSink();
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }] }), errors);
+    // Eight run, a thousand wait, and the two that waited longest are dropped.
+    for (let i = 0; i < 1_010; i++) log.publish(ev(quarantined(`gpu-${i}`)));
+    expect(errors.errors.map((e) => e.message)).toEqual([
+      'alert "gpu-8 of tts quarantined after 3 failures in 5 min" dropped: 1000 alerts were already waiting for delivery',
+      'alert "gpu-9 of tts quarantined after 3 failures in 5 min" dropped: 1000 alerts were already waiting for delivery',
+    ]);
+    await hook.requests(1_008);
+    await within(a.close(), 'the deliveries');
+    expect(hook.received).toHaveLength(1_008);
+    expect(hook.received.map((r) => r.body.alert.instance)).not.toContain('gpu-8');
+  });
+
+  it('keeps a quieted alert unsent, without starting its repeat window', async () => {
+    const hook = await server();
+    const errors = errorSink();
+    let drill: string | undefined = 'd-1';
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }] }), {
+      onError: errors.onError,
+      quiet: (event) => (drill !== undefined && event.type === 'quarantined' && event.instance === 'gpu-a' ? `caused by drill ${drill}` : undefined),
+    });
+    log.publish(ev(quarantined('gpu-a')));
+    log.publish(ev(quarantined('gpu-b')));
+    await hook.requests(1);
+    drill = undefined;
+    log.publish(ev(quarantined('gpu-a')));
+    await hook.requests(2);
+    await a.close();
+    expect(hook.received.map((r) => r.body.alert.instance)).toEqual(['gpu-b', 'gpu-a']);
+    expect(hook.received[0]!.body.alert).not.toHaveProperty('quieted');
+    expect(a.recent().map((x) => [x.instance, x.sent, x.suppressed, x.quieted])).toEqual([
+      ['gpu-a', false, false, 'caused by drill d-1'],
+      ['gpu-b', true, false, null],
+      ['gpu-a', true, false, null],
+    ]);
+    expect(a.counts()).toEqual({ warning: 0, critical: 3 });
+    expect(errors.errors).toEqual([]);
+  });
+
+  it('alerts when quiet throws, and reports it', async () => {
+    const hook = await server();
+    const errors = errorSink();
+    const a = alerter(config({ webhooks: [{ url: hook.url, headers: {} }] }), {
+      onError: errors.onError,
+      quiet: () => {
+        throw new Error('no drill state');
+      },
+    });
+    log.publish(ev(quarantined('gpu-a')));
+    await hook.requests(1);
+    await a.close();
+    expect(errors.errors.map((e) => e.message)).toEqual(['could not ask whether quarantined on tts is quiet; alerting']);
+    expect(a.recent()).toMatchObject([{ sent: true, quieted: null }]);
   });
 
   it('keeps an alert below minSeverity without sending it', async () => {
