@@ -287,7 +287,8 @@ export class Drills {
         (event.type === 'active-changed' && event.from !== null && hit.includes(event.from));
       if (noticed && faultAt !== undefined && detectedMs === null) detectedMs = round(rel(event.time) - faultAt);
     });
-    this.deps.publish(name, { type: 'drill-started', drill: id, fault, instances: hit, trigger: plan.trigger, reason: `${fault} on ${hit.join(', ')}` });
+    const why = plan.trigger === 'schedule' ? `drill.schedule (${config.schedule})` : 'requested';
+    this.deps.publish(name, { type: 'drill-started', drill: id, fault, instances: hit, trigger: plan.trigger, reason: `${why}; up to ${config.timeout}ms` });
 
     const traffic = new ProbeTraffic({ ...this.deps.target(name), request }, { rate: config.rate, max: config.requests, now: () => rel() });
     const fault$ = new Fault(service, fault, hit, config);

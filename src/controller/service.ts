@@ -43,6 +43,13 @@ const FALLEN = new Set(['down', 'quarantined']);
 /** Seconds a client is told to wait after a 503 from an empty queue. */
 const RETRY_AFTER_SECONDS = 5;
 
+/**
+ * Pause before a request is tried again on an instance it already failed on (no other is
+ * ready): long enough for the failure to be seen (an exit, a container's end, a probe),
+ * after which the request waits in the queue for a standby instead of failing at once.
+ */
+const SAME_INSTANCE_PAUSE_MS = 200;
+
 export interface InstanceView {
   name: string;
   tier: string;
@@ -293,8 +300,26 @@ export class ServiceController implements Upstreams {
   }
 
   acquire(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
+    const name = this.choose(tried);
+    if (name !== undefined && tried.has(name)) return this.afterPause(tried, signal);
     const attempt = this.pick(tried);
     if (attempt) return Promise.resolve(attempt);
+    return this.enqueue(tried, signal);
+  }
+
+  /** The only choice already failed this request: a short pause, on which the state may change, then the best choice then. */
+  private async afterPause(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
+    const now = this.state;
+    // Ends at the first change of state (the failure seen, a standby ready) or when the pause is over.
+    await this.waitFor((s) => s !== now, SAME_INSTANCE_PAUSE_MS, signal).catch((error: unknown) => {
+      if (signal.aborted || this.closed) throw error;
+    });
+    const attempt = this.pick(tried);
+    return attempt ?? this.enqueue(tried, signal);
+  }
+
+  /** Waits in the service's bounded queue for an instance to become ready. */
+  private enqueue(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
     if (signal.aborted) return Promise.reject(signal.reason as Error);
     if (this.closed) return Promise.reject(this.unavailable('Understudy is shutting down'));
     if (this.waiters.length >= this.config.queue.max) {
@@ -424,14 +449,16 @@ export class ServiceController implements Upstreams {
 
   /** The attempt for the next try: the active instance first, then the others best first. */
   private pick(tried: ReadonlySet<string>): Attempt | undefined {
-    const { active } = this.state;
-    let name: string | undefined;
-    if (active !== null && !tried.has(active)) name = active;
-    else {
-      const candidates = routable(this.state);
-      name = (candidates.find((i) => !tried.has(i.name)) ?? candidates[0])?.name;
-    }
+    const name = this.choose(tried);
     return name === undefined ? undefined : this.attempt(this.handles.get(name)!);
+  }
+
+  /** The instance for the next try: the active one unless tried, else the best untried, else the best tried. */
+  private choose(tried: ReadonlySet<string>): string | undefined {
+    const { active } = this.state;
+    if (active !== null && !tried.has(active)) return active;
+    const candidates = routable(this.state);
+    return (candidates.find((i) => !tried.has(i.name)) ?? candidates[0])?.name;
   }
 
   private attempt(handle: InstanceHandle): Attempt {
