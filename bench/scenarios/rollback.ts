@@ -3,7 +3,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
 import type { UnderstudyEvent } from '../../src/core/index.js';
-import { MODEL_SERVER_PATH } from '../../test/support/fixture.js';
+import { versionedInstance } from '../../test/deploy/support.js';
 import { startGateway, type RunningGateway } from '../../test/support/gateway.js';
 import { freePorts } from '../../test/support/ports.js';
 import { freshDir, inferRequest, progress } from '../workload.js';
@@ -227,18 +227,7 @@ async function releases(dir: string, variant: RollbackVariant): Promise<void> {
 }
 
 function instance(dir: string, name: string, tier: string, port: number): string {
-  return `
-      ${name}:
-        tier: ${tier}
-        url: http://127.0.0.1:${port}
-        runtime:
-          type: process
-          command: [${process.execPath}, ${MODEL_SERVER_PATH}, --port, "${port}", --name, ${name}, --latency, "${MODEL_LATENCY_MS}", --model-dir, "${dir}/models/\${version}"]
-          stopGrace: 2s
-          restartDelay: 200ms
-        probes:
-          startup: { http: { path: /health }, interval: 50ms, budget: 20s }
-          ready: { http: { path: /health }, interval: 200ms, fall: 2 }`;
+  return versionedInstance(dir, name, tier, port, MODEL_LATENCY_MS);
 }
 
 /** A primary and a hot standby on version 1, run by Understudy from the fixture model server. */

@@ -1,6 +1,7 @@
 import { request } from 'undici';
 import type { SmokeConfig } from '../config/index.js';
 import { byPreference, isRoutable, type Clock, type DeployStep, type EventBody, type InstanceStatus } from '../core/index.js';
+import { judge } from '../drill/index.js';
 import { ReleaseError, type ReleaseBook, type ReleaseRecord } from './releases.js';
 import type { ServiceController } from './service.js';
 
@@ -412,14 +413,8 @@ export async function smokeTest(smoke: SmokeConfig, base: string, signal?: Abort
       body,
       signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
     });
-    const text = await answer.body.text();
-    const statuses = smoke.status === undefined ? undefined : [smoke.status].flat();
-    const statusOk = statuses ? statuses.includes(answer.statusCode) : answer.statusCode >= 200 && answer.statusCode < 300;
-    if (!statusOk) return `${smoke.method} ${smoke.path} answered ${answer.statusCode}: ${text.slice(0, 200)}`;
-    if (smoke.contains !== undefined && !text.includes(smoke.contains)) {
-      return `${smoke.method} ${smoke.path} answered ${answer.statusCode} without ${JSON.stringify(smoke.contains)}`;
-    }
-    return undefined;
+    const problem = judge(smoke, answer.statusCode, await answer.body.text());
+    return problem === null ? undefined : `${smoke.method} ${smoke.path} ${problem}`;
   } catch (error) {
     if (timeout.aborted) return `${smoke.method} ${smoke.path} did not answer within ${smoke.timeout}ms`;
     return `${smoke.method} ${smoke.path}: ${(error as Error).message}`;

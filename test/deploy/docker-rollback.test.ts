@@ -1,6 +1,6 @@
 import { afterAll, afterEach, expect, it } from 'vitest';
 import type { UnderstudyEvent } from '../../src/core/index.js';
-import { buildModelServerImage, describeWithDocker, dockerMissing, removeContainers, removeImages, uniqueName } from '../support/docker.js';
+import { buildModelServerImage, describeWithDocker, dockerInstance, dockerMissing, removeContainers, removeImages, uniqueName } from '../support/docker.js';
 import { closeAllGateways, startGateway } from '../support/gateway.js';
 import { freePorts } from '../support/ports.js';
 import { load, versionOf } from './support.js';
@@ -21,14 +21,8 @@ describeWithDocker(missing, 'the upgrade story in containers', () => {
     await buildModelServerImage(`${repository}:1`, { version: '1' });
     await buildModelServerImage(`${repository}:2`, { version: '2', args: ['--fail-after', '5'] });
     const ports = await freePorts(2);
-    const instance = (name: string, tier: string, port: number) => `
-      ${name}:
-        tier: ${tier}
-        url: http://127.0.0.1:${port}
-        runtime: { type: docker, image: "${repository}:\${version}", ports: ["127.0.0.1:${port}:8000"], stopGrace: 2s, memory: 256MiB }
-        probes:
-          startup: { http: { path: /health }, interval: 50ms, budget: 30s }
-          ready: { http: { path: /health }, interval: 200ms, fall: 2 }`;
+    const instance = (name: string, tier: string, port: number) =>
+      dockerInstance(name, tier, port, `${repository}:\${version}`, 'stopGrace: 2s, memory: 256MiB');
     const gateway = await startGateway(`stateDir: STATE
 gateway: { listen: "127.0.0.1:0" }
 admin: { listen: "127.0.0.1:0" }

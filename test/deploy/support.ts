@@ -47,14 +47,14 @@ export async function versionOf(port: number): Promise<string> {
  * YAML for one instance run by Understudy from the model-server fixture, loading the
  * model directory `DIR/models/${version}`, so each version is its own directory.
  */
-export function versionedInstance(dir: string, name: string, tier: string, port: number): string {
+export function versionedInstance(dir: string, name: string, tier: string, port: number, latencyMs = 5): string {
   return `
       ${name}:
         tier: ${tier}
         url: http://127.0.0.1:${port}
         runtime:
           type: process
-          command: [${process.execPath}, ${MODEL_SERVER_PATH}, --port, "${port}", --name, ${name}, --latency, "5", --model-dir, "${dir}/models/\${version}"]
+          command: [${process.execPath}, ${MODEL_SERVER_PATH}, --port, "${port}", --name, ${name}, --latency, "${latencyMs}", --model-dir, "${dir}/models/\${version}"]
           stopGrace: 2s
           restartDelay: 200ms
         probes:

@@ -209,3 +209,18 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * YAML for one docker instance of the fixture model server image, published on
+ * 127.0.0.1:`port`; `extra` adds runtime fields (e.g. `memory: 256MiB`).
+ */
+export function dockerInstance(name: string, tier: string, port: number, image: string, extra = 'stopGrace: 2s'): string {
+  return `
+      ${name}:
+        tier: ${tier}
+        url: http://127.0.0.1:${port}
+        runtime: { type: docker, image: "${image}", ports: ["127.0.0.1:${port}:8000"], ${extra} }
+        probes:
+          startup: { http: { path: /health }, interval: 50ms, budget: 30s }
+          ready: { http: { path: /health }, interval: 200ms, fall: 2 }`;
+}
