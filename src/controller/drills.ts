@@ -75,9 +75,8 @@ const NOTABLE = new Set(['active-changed', 'no-ready-instance', 'quarantined', '
  * timeline) under stateDir/drills.
  */
 export class Drills {
-  private readonly running = new Map<string, Promise<DrillReport>>();
-  /** The id of the drill running on each service. */
-  private readonly ids = new Map<string, string>();
+  /** The drill running on each service: one at a time. */
+  private readonly running = new Map<string, { id: string; done: Promise<DrillReport> }>();
   private readonly schedules = new Map<string, Cron>();
   /** Next fault kind of each service's scheduled drills, which take the kinds in turn. */
   private readonly turns = new Map<string, number>();
@@ -101,7 +100,7 @@ export class Drills {
 
   /** The drill running on `service` now, if any. */
   current(service: string): string | undefined {
-    return this.ids.get(service);
+    return this.running.get(service)?.id;
   }
 
   /** Why a deploy or rollback of `service` must wait, or undefined: one change to a service at a time. */
@@ -113,7 +112,7 @@ export class Drills {
   async close(): Promise<void> {
     for (const cron of this.schedules.values()) cron.stop();
     this.abort.abort(new Error('Understudy is shutting down'));
-    await Promise.allSettled([...this.running.values()]);
+    await Promise.allSettled([...this.running.values()].map((r) => r.done));
   }
 
   /**
@@ -122,12 +121,8 @@ export class Drills {
    */
   begin(order: DrillOrder): { id: string; fault: FaultKind; instances: string[]; done: Promise<DrillReport> } {
     const plan = this.plan(order);
-    const done = this.execute(plan).finally(() => {
-      this.running.delete(order.service);
-      this.ids.delete(order.service);
-    });
-    this.running.set(order.service, done);
-    this.ids.set(order.service, plan.id);
+    const done = this.execute(plan).finally(() => this.running.delete(order.service));
+    this.running.set(order.service, { id: plan.id, done });
     return { id: plan.id, fault: plan.fault, instances: plan.hit, done };
   }
 

@@ -44,11 +44,11 @@ const FALLEN = new Set(['down', 'quarantined']);
 const RETRY_AFTER_SECONDS = 5;
 
 /**
- * Pause before a request is tried again on an instance it already failed on (no other is
- * ready): long enough for the failure to be seen (an exit, a container's end, a probe),
- * after which the request waits in the queue for a standby instead of failing at once.
+ * Longest wait, before a request is tried again on an instance it already failed on and
+ * whose ready probe now fails too, for the machine to take that instance out (its exit or
+ * a container's end seen): the request then waits in the queue for a standby.
  */
-const SAME_INSTANCE_PAUSE_MS = 200;
+const SAME_INSTANCE_PAUSE_MS = 2000;
 
 export interface InstanceView {
   name: string;
@@ -301,19 +301,29 @@ export class ServiceController implements Upstreams {
 
   acquire(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
     const name = this.choose(tried);
-    if (name !== undefined && tried.has(name)) return this.afterPause(tried, signal);
+    if (name !== undefined && tried.has(name)) return this.afterCheck(this.handles.get(name)!, tried, signal);
     const attempt = this.pick(tried);
     if (attempt) return Promise.resolve(attempt);
     return this.enqueue(tried, signal);
   }
 
-  /** The only choice already failed this request: a short pause, on which the state may change, then the best choice then. */
-  private async afterPause(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
-    const now = this.state;
-    // Ends at the first change of state (the failure seen, a standby ready) or when the pause is over.
-    await this.waitFor((s) => s !== now, SAME_INSTANCE_PAUSE_MS, signal).catch((error: unknown) => {
-      if (signal.aborted || this.closed) throw error;
-    });
+  /**
+   * The only choice already failed this request. Its ready probe says whether it still
+   * lives (a lost keep-alive connection: try again at once) or is dead (a killed process
+   * behind docker-proxy, which accepts and closes connections): then the failed probe goes
+   * to the machine and the request waits, up to SAME_INSTANCE_PAUSE_MS, for the instance
+   * to be taken out, so it queues for a standby instead of failing on the same dead instance.
+   */
+  private async afterCheck(handle: InstanceHandle, tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
+    const name = handle.config.name;
+    const result = await runProbe(handle.config.probes.ready, handle.url);
+    if (signal.aborted) throw signal.reason as Error;
+    if (!result.ok) {
+      if (isRoutable(this.state.instances[name]!)) this.dispatch({ type: 'probe', instance: name, probe: 'ready', ok: false, detail: result.detail });
+      await this.waitFor((s) => !isRoutable(s.instances[name]!), SAME_INSTANCE_PAUSE_MS, signal).catch((error: unknown) => {
+        if (signal.aborted || this.closed) throw error;
+      });
+    }
     const attempt = this.pick(tried);
     return attempt ?? this.enqueue(tried, signal);
   }

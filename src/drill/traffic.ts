@@ -48,11 +48,6 @@ export class ProbeTraffic {
     tick();
   }
 
-  /** Requests sent so far. */
-  get count(): number {
-    return this.sent;
-  }
-
   /** Whether every request allowed has been sent. */
   get exhausted(): boolean {
     return this.sent >= this.options.max;
