@@ -67,9 +67,15 @@ export class ProcessRuntime implements Runtime {
         stdio: ['ignore', log.fd, log.fd],
         detached: true,
       });
-      await Promise.race([once(child, 'spawn'), once(child, 'error').then(([error]) => Promise.reject(error))]);
+      // Recorded in the same tick as the fork: an Understudy killed a moment later still finds it at the next start.
+      if (child.pid !== undefined) this.writePidFile(child.pid);
+      try {
+        await Promise.race([once(child, 'spawn'), once(child, 'error').then(([error]) => Promise.reject(error))]);
+      } catch (error) {
+        if (child.pid !== undefined) this.removePidFile(child.pid);
+        throw error;
+      }
       this.child = child;
-      this.writePidFile(child.pid!);
       // After a successful spawn, 'error' only reports a failed kill; the exit still comes.
       child.on('error', () => {});
       child.once('exit', (code, signal) => {
