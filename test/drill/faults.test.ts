@@ -35,6 +35,14 @@ services:
 `;
 }
 
+/** Understudy on `yaml`, once the primary serves and the hot standby is ready. */
+async function started(yaml: string) {
+  const gateway = await startGateway(yaml);
+  const service = gateway.app.service('infer')!;
+  await service.waitFor((s) => s.active === 'primary' && s.instances.hot!.state === 'ready', 20_000);
+  return { gateway, service };
+}
+
 /** Processes whose command line names this port: the model server, and a wrapper shell if there is one. */
 function processesOn(port: number): string[] {
   try {
@@ -47,9 +55,7 @@ function processesOn(port: number): string[] {
 describe('drill faults on real processes', () => {
   it('kills and stops the whole process group of an instance started through a wrapper, leaving no orphan', async () => {
     const [a, b] = await freePorts(2);
-    const gateway = await startGateway(config('hold: 1s', `${instance('primary', 'primary', a!, { wrapped: true })}${instance('hot', 'hot', b!)}`));
-    const service = gateway.app.service('infer')!;
-    await service.waitFor((s) => s.active === 'primary' && s.instances.hot!.state === 'ready', 20_000);
+    const { gateway } = await started(config('hold: 1s', `${instance('primary', 'primary', a!, { wrapped: true })}${instance('hot', 'hot', b!)}`));
     expect(processesOn(a!)).toHaveLength(2); // sh and the model server
 
     const killed = await gateway.app.drills.run({ service: 'infer', fault: 'kill' });
@@ -66,9 +72,7 @@ describe('drill faults on real processes', () => {
 
   it('refuses a deploy while a drill runs, and a drill while the service is failed over', async () => {
     const [a, b] = await freePorts(2);
-    const gateway = await startGateway(config('hold: 1s', `${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}`));
-    const service = gateway.app.service('infer')!;
-    await service.waitFor((s) => s.active === 'primary' && s.instances.hot!.state === 'ready', 20_000);
+    const { gateway, service } = await started(config('hold: 1s', `${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}`));
 
     const drill = gateway.app.drills.begin({ service: 'infer', fault: 'error', instance: 'hot' });
     await expect(gateway.app.deploys.deploy('infer', '2.0')).rejects.toThrow(/a drill of infer is running/);
@@ -82,11 +86,7 @@ describe('drill faults on real processes', () => {
   it('puts the service back even when the drill runs out of time, and says the drill failed', async () => {
     const [a, b, c] = await freePorts(3);
     // The cold standby takes 4 s to load; the drill allows 2 s.
-    const gateway = await startGateway(
-      config('timeout: 2s, hold: 500ms', `${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}${instance('cold', 'cold', c!, { loadDelay: '4000' })}`),
-    );
-    const service = gateway.app.service('infer')!;
-    await service.waitFor((s) => s.active === 'primary' && s.instances.hot!.state === 'ready', 20_000);
+    const { gateway, service } = await started(config('timeout: 2s, hold: 500ms', `${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}${instance('cold', 'cold', c!, { loadDelay: '4000' })}`));
     expect(service.machineState().instances.cold!.state).toBe('stopped');
 
     const report = await gateway.app.drills.run({ service: 'infer', fault: 'cold-start' });
@@ -100,9 +100,7 @@ describe('drill faults on real processes', () => {
 
   it('fails a drill whose probe traffic ran out before the service was back', async () => {
     const [a, b] = await freePorts(2);
-    const gateway = await startGateway(config('requests: 10, hold: 1500ms', `${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}`));
-    const service = gateway.app.service('infer')!;
-    await service.waitFor((s) => s.active === 'primary' && s.instances.hot!.state === 'ready', 20_000);
+    const { gateway } = await started(config('requests: 10, hold: 1500ms', `${instance('primary', 'primary', a!)}${instance('hot', 'hot', b!)}`));
 
     const report = await gateway.app.drills.run({ service: 'infer', fault: 'error' });
     expect(report.requests.sent).toBe(10);
