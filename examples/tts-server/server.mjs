@@ -18,6 +18,10 @@ const DEFAULT_RATE = 175;
 const MIN_RATE = 80;
 const MAX_RATE = 450;
 const ROUTES = { '/health': 'GET', '/version': 'GET', '/v1/audio/speech': 'POST' };
+// Understudy's segmented streams (docs/streams.md): asked with this header, a streamed
+// answer is framed so a gateway can continue it elsewhere from a given sentence.
+const SEGMENTS_HEADER = 'x-understudy-segments';
+const RESUME_HEADER = 'x-understudy-resume-from';
 const sentences = new Intl.Segmenter('en', { granularity: 'sentence' });
 
 const USAGE =
@@ -113,6 +117,9 @@ async function speech(req, res) {
   const parsed = parseSpeechRequest(request);
   if (parsed.error) return sendError(res, 400, parsed.error, 'invalid_request_error', parsed.param);
   const { pieces, voice, rate, format, stream } = parsed;
+  const segments = parseSegmentHeaders(req, pieces.length, stream);
+  if (segments.error) return sendError(res, 400, segments.error, 'invalid_request_error', segments.param);
+  const { framed, resumeFrom } = segments;
 
   // Stop synthesising as soon as the client goes away.
   const abort = new AbortController();
@@ -134,14 +141,24 @@ async function speech(req, res) {
   }
 
   // Headers go out with the first sentence, so a failure before any audio is a clean error.
-  for (const [index, piece] of pieces.entries()) {
+  // A resumed answer does not synthesise the sentences before resumeFrom at all.
+  for (let index = resumeFrom; index < pieces.length; index++) {
     if (abort.signal.aborted) return;
-    const pcm = await engine.synthesize(piece, voice, rate);
+    const pcm = await engine.synthesize(pieces[index], voice, rate);
     if (abort.signal.aborted) return;
-    if (index === 0) {
-      res.writeHead(200, { 'Content-Type': contentType });
-      if (format === 'wav') res.write(wavHeader(engine.sampleRate));
+    if (index === resumeFrom) {
+      const headers = { 'Content-Type': contentType };
+      if (framed) {
+        headers['X-Understudy-Segments'] = '1';
+        if (req.headers[RESUME_HEADER] !== undefined) headers['X-Understudy-Resume-From'] = String(resumeFrom);
+      }
+      res.writeHead(200, headers);
+      if (format === 'wav') {
+        const head = wavHeader(engine.sampleRate);
+        res.write(framed ? Buffer.concat([frameLine(`H ${head.length}`), head]) : head);
+      }
     }
+    if (framed) res.write(frameLine(`S ${index} ${pcm.length}`));
     if (!res.write(pcm)) {
       try {
         await once(res, 'drain', { signal: abort.signal });
@@ -150,8 +167,32 @@ async function speech(req, res) {
       }
     }
   }
+  if (framed) res.write(frameLine(`E ${pieces.length}`));
   res.end();
 }
+
+/**
+ * Reads the segmented-stream request headers. framed: the answer is framed (asked for,
+ * and streamed); resumeFrom: the first sentence to synthesise (0 unless resuming).
+ */
+function parseSegmentHeaders(req, pieceCount, stream) {
+  const asked = req.headers[SEGMENTS_HEADER]?.trim() === '1';
+  const resume = req.headers[RESUME_HEADER];
+  if (resume === undefined) return { framed: asked && stream, resumeFrom: 0 };
+  const param = 'X-Understudy-Resume-From';
+  if (!asked) return { error: `${param} needs X-Understudy-Segments: 1`, param };
+  const text = resume.trim();
+  if (!/^\d+$/.test(text)) return { error: `${param} must be an integer of 0 or more, not ${JSON.stringify(resume)}`, param };
+  const resumeFrom = Number(text);
+  if (resumeFrom >= pieceCount) {
+    return { error: `${param} is ${text}, but the answer has ${pieceCount} segment${pieceCount === 1 ? '' : 's'}`, param };
+  }
+  // One sentence, or "stream": false, is answered whole and unframed: there is nothing to resume.
+  if (!stream) return { error: `${param} needs a streamed answer (more than one sentence, and "stream" not false)`, param };
+  return { framed: true, resumeFrom };
+}
+
+const frameLine = (line) => Buffer.from(`${line}\n`, 'ascii');
 
 function parseSpeechRequest(request) {
   if (typeof request !== 'object' || request === null || Array.isArray(request)) {
