@@ -97,6 +97,16 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'drill-skipped':
       what = `drill (${event.fault}) skipped`;
       break;
+    case 'stream-continued':
+      what = `stream ${event.requestId} ${event.from} → ${event.to} at ${event.atSegment !== undefined ? `segment ${event.atSegment}` : `${event.atTokens} tokens`}`;
+      break;
+    case 'stream-cut':
+      what = `stream ${event.requestId} cut on ${event.instance}`;
+      break;
+    case 'model-ejected':
+    case 'model-restored':
+      what = `${event.type} ${event.instance} ${event.model}`;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }

@@ -2,6 +2,7 @@ export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 export { loadConfigFile, parseConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
 export type {
   AlertsConfig,
+  CapabilitiesConfig,
   DeployConfig,
   DrillConfig,
   SmokeConfig,
@@ -16,6 +17,6 @@ export type {
   StartupProbeConfig,
   VersionProbeConfig,
 } from './schema.js';
-export { FAULT_KINDS, faultsAllowed, type FaultKind } from './schema.js';
+export { FAULT_KINDS, PREFILL_SHAPES, faultsAllowed, type FaultKind, type PrefillShape } from './schema.js';
 export { parseDuration, parseSize } from './units.js';
 export { atVersion, pathsAtVersion } from './version.js';

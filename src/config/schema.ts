@@ -43,6 +43,23 @@ const listen = (defaultHost: string) =>
 
 const count = (min: number) => z.number().int().min(min);
 
+const regex = z.string().refine((source) => {
+  try {
+    new RegExp(source);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'is not a valid regular expression');
+
+/**
+ * What OpenAI-compatible servers say when a prompt does not fit: OpenAI's and vLLM's
+ * "maximum context length", llama.cpp's "exceeds the available context size", TGI's
+ * "must be <= N" on inputs and max_new_tokens, Ollama's and others' "context window".
+ */
+const CONTEXT_LENGTH_MATCH =
+  'context_length_exceeded|maximum context length|context size|context window|exceed_context_size|tokens \\+ `max_new_tokens` must be|prompt is too long';
+
 const httpUrl = z.string().refine((value) => URL.canParse(value) && /^https?:$/.test(new URL(value).protocol), {
   message: 'expected an http:// or https:// URL',
 });
@@ -107,17 +124,7 @@ const versionProbe = z.strictObject({
   /** Header that holds the version instead of the body. */
   header: z.string().min(1).optional(),
   /** Regular expression whose first group is the version, applied to the body. */
-  regex: z
-    .string()
-    .refine((source) => {
-      try {
-        new RegExp(source);
-        return true;
-      } catch {
-        return false;
-      }
-    }, 'is not a valid regular expression')
-    .optional(),
+  regex: regex.optional(),
   timeout: positiveDuration.default(2000),
   /** Time between version checks of a ready instance. Default 60s. */
   interval: positiveDuration.default(60_000),
@@ -370,6 +377,22 @@ const alerts = z.strictObject({
   repeatAfter: duration.default(600_000),
 });
 
+/** How an instance takes a continuation of a cut chat stream: see docs/streams.md. */
+export const PREFILL_SHAPES = ['auto', 'continue-final-message', 'assistant-prefill', 'none'] as const;
+export type PrefillShape = (typeof PREFILL_SHAPES)[number];
+
+const capabilities = z.strictObject({
+  /**
+   * Whether the instance continues a final assistant message, and how it is asked to:
+   * `continue-final-message` (vLLM, SGLang: that flag and add_generation_prompt false),
+   * `assistant-prefill` (llama.cpp server, Ollama: a final assistant message is continued),
+   * `none`, or `auto` (default: read from GET /v1/models `owned_by` the first time one is needed).
+   */
+  prefill: z.enum(PREFILL_SHAPES, { error: `must be one of ${PREFILL_SHAPES.join(', ')}` }).default('auto'),
+  /** The model's context window in tokens; a context-length error elsewhere is sent to an instance with a larger one. Default: not declared. */
+  contextWindow: count(1).optional(),
+});
+
 const instance = z.strictObject({
   tier,
   /** Order inside a tier: lower is preferred. Default 0. */
@@ -377,6 +400,8 @@ const instance = z.strictObject({
   /** Where the instance answers, e.g. http://127.0.0.1:7001. */
   url: httpUrl,
   runtime: runtime.default({ type: 'external' }),
+  /** What the model server can do beyond plain requests: continuing a cut stream, its context window. */
+  capabilities: capabilities.default({ prefill: 'auto' }),
   probes: z
     .strictObject({
       startup: startupProbe.optional(),
@@ -430,26 +455,81 @@ const service = z.strictObject({
   failback: failback.default({ policy: 'never' }),
   timeouts: z
     .strictObject({
-      /** Longest wait for the response head. Default 120s: a TTS or LLM answer may take long to start. */
-      firstByte: positiveDuration.default(120_000),
-      /** Longest pause inside a streamed response. Default 60s. */
-      idle: positiveDuration.default(60_000),
+      /**
+       * Longest wait for the response head, per attempt; past it the request goes to another
+       * ready instance (once, see retry.afterTimeout), else 504. Default 60s: nginx's
+       * proxy_read_timeout; a longer answer should stream.
+       */
+      firstByte: positiveDuration.default(60_000),
+      /** Streams: longest wait, per attempt, for the first token (the first content event or segment). Default 30s. */
+      firstToken: positiveDuration.default(30_000),
+      /** Longest pause inside a streamed response; past it a stream is continued elsewhere or cut. Default 30s. */
+      idle: positiveDuration.default(30_000),
       /** Longest whole request. Default 30m. */
       total: positiveDuration.default(1_800_000),
     })
-    .default({ firstByte: 120_000, idle: 60_000, total: 1_800_000 }),
+    .default({ firstByte: 60_000, firstToken: 30_000, idle: 30_000, total: 1_800_000 }),
   retry: z
     .strictObject({
-      /** Most attempts of one request, each on a different instance when one is there. Default 3. */
+      /** Most attempts of one request that may reach a model, each on a different instance when one is there. Default 3. */
       attempts: count(1).default(3),
-      /** Instance answers that are retried on the next instance (before any byte reaches the client). */
+      /** Instance answers that are retried (before any byte reaches the client): see docs/configuration.md#retry. */
       statuses: z.array(z.number().int().min(400).max(599)).default([500, 502, 503, 504, 429]),
       /** Request bodies up to this size are kept for retries; larger ones stream through once. Default 1MiB. */
       bodyLimit: size.default(1024 * 1024),
       /** Retry requests still in flight on an instance that is declared down. Default true. */
       inflightOnDown: z.boolean().default(true),
+      /** A server error that is tried again on the same instance before another (a one-off fault). */
+      sameInstance: z
+        .strictObject({
+          /** Default [500]: a 502, 503 or 504 says the instance cannot serve now, so it goes elsewhere at once. */
+          statuses: z.array(z.number().int().min(500).max(599)).default([500]),
+          /** Tries on the same instance per request. Default 1. */
+          times: count(0).default(1),
+        })
+        .default({ statuses: [500], times: 1 }),
+      /** 429 answers: the instance is busy, not broken. */
+      rateLimited: z
+        .strictObject({
+          /** A Retry-After up to this is waited out on the same instance; a longer one goes to a ready standby at once. Default 2s. */
+          maxWait: duration.default(2000),
+          /** Tries again on the same instance per request (waiting Retry-After, or the backoff without one) before another. Default 2. */
+          retries: count(0).default(2),
+          /** First pause of a 429 without Retry-After; doubles at each try. Default 250ms. */
+          backoff: positiveDuration.default(250),
+        })
+        .default({ maxWait: 2000, retries: 2, backoff: 250 }),
+      /** First-byte and first-token timeouts per request that are tried again on another instance (the first one's work is cancelled). Default 1. */
+      afterTimeout: count(0).default(1),
+      /** A context-length error: sent to an instance with a larger capabilities.contextWindow, else passed through. */
+      contextLength: z
+        .strictObject({
+          /** Statuses that may carry it. Default [400, 413, 422] (OpenAI and vLLM 400, TGI 422). */
+          statuses: z.array(z.number().int().min(400).max(499)).default([400, 413, 422]),
+          /** A regular expression, matched case-insensitively against the error body. */
+          match: regex.default(CONTEXT_LENGTH_MATCH),
+        })
+        .default({ statuses: [400, 413, 422], match: CONTEXT_LENGTH_MATCH }),
     })
-    .default({ attempts: 3, statuses: [500, 502, 503, 504, 429], bodyLimit: 1024 * 1024, inflightOnDown: true }),
+    .default({
+      attempts: 3,
+      statuses: [500, 502, 503, 504, 429],
+      bodyLimit: 1024 * 1024,
+      inflightOnDown: true,
+      sameInstance: { statuses: [500], times: 1 },
+      rateLimited: { maxWait: 2000, retries: 2, backoff: 250 },
+      afterTimeout: 1,
+      contextLength: { statuses: [400, 413, 422], match: CONTEXT_LENGTH_MATCH },
+    }),
+  /** Streams cut or stalled mid-answer: continued on another instance (see docs/streams.md). */
+  streams: z
+    .strictObject({
+      /** Continue OpenAI-compatible streams and segmented audio on another instance. Default true. */
+      resume: z.boolean().default(true),
+      /** Most answer text kept per request to continue it; a longer stream that breaks is cut. Default 1MiB. */
+      keepText: size.default(1024 * 1024),
+    })
+    .default({ resume: true, keepText: 1024 * 1024 }),
   limits: z
     .strictObject({
       /** Largest request body accepted; larger ones get 413. Default 100MiB. */
@@ -577,3 +657,4 @@ export type ServiceBackupConfig = z.output<typeof serviceBackup>;
 export type IdempotencyConfig = z.output<typeof idempotency>;
 export type DrillConfig = z.output<typeof drill>;
 export type AlertsConfig = z.output<typeof alerts>;
+export type CapabilitiesConfig = z.output<typeof capabilities>;

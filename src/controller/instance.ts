@@ -1,6 +1,6 @@
 import { Pool } from 'undici';
-import type { InstanceConfig } from '../config/index.js';
-import { PassiveDetector } from '../health/index.js';
+import type { InstanceConfig, PrefillShape } from '../config/index.js';
+import { ModelBreakers, PassiveDetector } from '../health/index.js';
 import type { InjectedFault } from '../proxy/index.js';
 import type { Runtime } from '../runtime/index.js';
 import type { Timer } from '../core/index.js';
@@ -22,6 +22,10 @@ export class InstanceHandle {
   readonly url: URL;
   readonly pool: Pool;
   readonly passive: PassiveDetector;
+  /** Health per model this instance serves, for requests that name one. */
+  readonly models: ModelBreakers;
+  /** How the instance takes a continuation, once read from it (capabilities.prefill: auto), for one generation. */
+  prefill: { generation: number; shape: Promise<Exclude<PrefillShape, 'auto'>> } | undefined;
   /** Abort functions of the attempts now running on this instance. */
   readonly inflight = new Set<(reason: Error) => void>();
   /** Bumped at each start and each fall from service, so outcomes of an earlier run never judge a fresh one. */
@@ -47,10 +51,11 @@ export class InstanceHandle {
     public runtime: Runtime,
     /** The version this instance's runtime was made for (`${version}` resolved); undefined when none is pinned. */
     public release: string | undefined,
-    passive: ConstructorParameters<typeof PassiveDetector>[0],
+    passive: ConstructorParameters<typeof PassiveDetector>[0] & { ejectFor: number },
   ) {
     this.url = new URL(config.url);
     this.passive = new PassiveDetector(passive);
+    this.models = new ModelBreakers({ failures: passive.failures, ejectFor: passive.ejectFor });
     // A generous pool: model servers hold requests for a long time, and a connect
     // that takes over 2s on a local network means the host is gone.
     this.pool = new Pool(this.url.origin, { connections: 256, keepAliveTimeout: 30_000, connect: { timeout: 2000 } });

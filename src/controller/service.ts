@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { atVersion, type InstanceConfig, type ServiceConfig } from '../config/index.js';
+import { atVersion, type InstanceConfig, type PrefillShape, type ServiceConfig } from '../config/index.js';
 import {
   initialState,
   isRoutable,
@@ -13,8 +13,8 @@ import {
   type Timer,
   type UnderstudyEvent,
 } from '../core/index.js';
-import { readVersion, runProbe, type AttemptOutcome } from '../health/index.js';
-import { InstanceDownError, ProxyError, type Attempt, type InjectedFault, type Upstreams } from '../proxy/index.js';
+import { readOwner, readVersion, runProbe, type AttemptOutcome } from '../health/index.js';
+import { InstanceDownError, ProxyError, shapeForOwner, type Attempt, type InjectedFault, type Upstreams, type Want } from '../proxy/index.js';
 import { createRuntime, StartError, type Runtime } from '../runtime/index.js';
 import { InstanceHandle, newOutcomes, type Outcomes } from './instance.js';
 
@@ -31,6 +31,7 @@ export interface ServiceDeps {
 
 interface Waiter {
   tried: ReadonlySet<string>;
+  want: Want | undefined;
   resolve(attempt: Attempt): void;
   reject(error: Error): void;
   timer: Timer;
@@ -287,6 +288,7 @@ export class ServiceController implements Upstreams {
       if (isRoutable(was) && !isRoutable(now)) {
         handle.generation += 1;
         handle.passive.reset();
+        handle.models.reset();
       }
       if (FALLEN.has(now.state) && !FALLEN.has(was.state)) handle.outcomes.downs += 1;
     }
@@ -299,12 +301,33 @@ export class ServiceController implements Upstreams {
     return undefined;
   }
 
-  acquire(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
-    const name = this.choose(tried);
-    if (name !== undefined && tried.has(name)) return this.afterCheck(this.handles.get(name)!, tried, signal);
-    const attempt = this.pick(tried);
+  acquire(tried: ReadonlySet<string>, signal: AbortSignal, want?: Want): Promise<Attempt> {
+    const name = this.choose(tried, want);
+    // Asked for again on purpose (a 429 waited out, a 500 tried once more): it answered, it lives.
+    if (name !== undefined && tried.has(name) && name !== want?.same) return this.afterCheck(this.handles.get(name)!, tried, signal, want);
+    const attempt = this.pick(tried, want);
     if (attempt) return Promise.resolve(attempt);
-    return this.enqueue(tried, signal);
+    return this.enqueue(tried, signal, want);
+  }
+
+  others(besides: string, want?: Want): string[] {
+    const now = this.deps.clock.now();
+    return routable(this.state)
+      .filter((i) => i.name !== besides && this.fits(i.name, want) && this.healthyFor(i.name, want, now))
+      .map((i) => i.name);
+  }
+
+  /** Whether an instance meets what the request needs of it (not excluded, a large enough context window). */
+  private fits(name: string, want: Want | undefined): boolean {
+    if (want === undefined) return true;
+    if (want.exclude?.has(name)) return false;
+    if (want.contextAbove !== undefined && !((this.handles.get(name)!.config.capabilities.contextWindow ?? 0) > want.contextAbove)) return false;
+    return true;
+  }
+
+  /** Whether the instance's breaker for the request's model is closed. */
+  private healthyFor(name: string, want: Want | undefined, now: number): boolean {
+    return want?.model === undefined || !this.handles.get(name)!.models.isOpen(want.model, now);
   }
 
   /**
@@ -314,7 +337,7 @@ export class ServiceController implements Upstreams {
    * to the machine and the request waits, up to SAME_INSTANCE_PAUSE_MS, for the instance
    * to be taken out, so it queues for a standby instead of failing on the same dead instance.
    */
-  private async afterCheck(handle: InstanceHandle, tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
+  private async afterCheck(handle: InstanceHandle, tried: ReadonlySet<string>, signal: AbortSignal, want: Want | undefined): Promise<Attempt> {
     const name = handle.config.name;
     const result = await runProbe(handle.config.probes.ready, handle.url);
     if (signal.aborted) throw signal.reason as Error;
@@ -324,12 +347,12 @@ export class ServiceController implements Upstreams {
         if (signal.aborted || this.closed) throw error;
       });
     }
-    const attempt = this.pick(tried);
-    return attempt ?? this.enqueue(tried, signal);
+    const attempt = this.pick(tried, want);
+    return attempt ?? this.enqueue(tried, signal, want);
   }
 
   /** Waits in the service's bounded queue for an instance to become ready. */
-  private enqueue(tried: ReadonlySet<string>, signal: AbortSignal): Promise<Attempt> {
+  private enqueue(tried: ReadonlySet<string>, signal: AbortSignal, want: Want | undefined): Promise<Attempt> {
     if (signal.aborted) return Promise.reject(signal.reason as Error);
     if (this.closed) return Promise.reject(this.unavailable('Understudy is shutting down'));
     if (this.waiters.length >= this.config.queue.max) {
@@ -348,6 +371,7 @@ export class ServiceController implements Upstreams {
       };
       const waiter: Waiter = {
         tried,
+        want,
         resolve,
         reject,
         timer: this.deps.clock.setTimeout(() => {
@@ -430,6 +454,7 @@ export class ServiceController implements Upstreams {
         const started = handle!;
         const generation = ++started.generation;
         started.passive.reset();
+        started.models.reset();
         started.runtime.start().then(
           () => {
             started.launched = generation;
@@ -458,20 +483,30 @@ export class ServiceController implements Upstreams {
   }
 
   /** The attempt for the next try: the active instance first, then the others best first. */
-  private pick(tried: ReadonlySet<string>): Attempt | undefined {
-    const name = this.choose(tried);
-    return name === undefined ? undefined : this.attempt(this.handles.get(name)!);
+  private pick(tried: ReadonlySet<string>, want: Want | undefined): Attempt | undefined {
+    const name = this.choose(tried, want);
+    return name === undefined ? undefined : this.attempt(this.handles.get(name)!, want?.model);
   }
 
-  /** The instance for the next try: the active one unless tried, else the best untried, else the best tried. */
-  private choose(tried: ReadonlySet<string>): string | undefined {
+  /**
+   * The instance for the next try: `want.same` when it is still routable; else the active
+   * one unless tried, else the best untried, else the best tried; among those that fit the
+   * request, preferring ones whose breaker for its model is closed.
+   */
+  private choose(tried: ReadonlySet<string>, want: Want | undefined): string | undefined {
     const { active } = this.state;
-    if (active !== null && !tried.has(active)) return active;
-    const candidates = routable(this.state);
+    const simple = want === undefined || (want.exclude === undefined || want.exclude.size === 0) && want.contextAbove === undefined && want.same === undefined;
+    const now = this.deps.clock.now();
+    if (simple && active !== null && !tried.has(active) && this.healthyFor(active, want, now)) return active;
+    if (want?.same !== undefined && isRoutable(this.state.instances[want.same]!) && this.fits(want.same, want)) return want.same;
+    const fitting = routable(this.state).filter((i) => this.fits(i.name, want));
+    const healthy = fitting.filter((i) => this.healthyFor(i.name, want, now));
+    const candidates = healthy.length > 0 ? healthy : fitting;
+    if (active !== null && !tried.has(active) && candidates.some((i) => i.name === active)) return active;
     return (candidates.find((i) => !tried.has(i.name)) ?? candidates[0])?.name;
   }
 
-  private attempt(handle: InstanceHandle): Attempt {
+  private attempt(handle: InstanceHandle, model: string | undefined): Attempt {
     const controller = new AbortController();
     const abort = (reason: Error) => controller.abort(reason);
     const generation = handle.generation;
@@ -494,6 +529,8 @@ export class ServiceController implements Upstreams {
       url: handle.url,
       dispatcher: handle.pool,
       fault: handle.fault,
+      contextWindow: handle.config.capabilities.contextWindow,
+      prefill: () => this.prefillOf(handle),
       signal: controller.signal,
       abort,
       firstByte: (ms: number) => {
@@ -513,17 +550,45 @@ export class ServiceController implements Upstreams {
             outcomes.firstFailedAt ??= this.deps.clock.now();
           }
         }
-        const verdict = handle.generation === generation ? handle.passive.onOutcome(outcome, detail) : undefined;
-        if (verdict) this.dispatch({ type: 'passive', instance: name, hard: verdict.hard, reason: verdict.reason });
+        if (handle.generation === generation) {
+          // An answer about a model (the instance answered) judges that model here, not the whole instance.
+          const aboutModel = model !== undefined && (outcome === 'status' || outcome === 'ok');
+          if (aboutModel) this.onModelOutcome(handle, model, outcome === 'status', detail);
+          const verdict = aboutModel && outcome === 'status' ? undefined : handle.passive.onOutcome(outcome, detail);
+          if (verdict) this.dispatch({ type: 'passive', instance: name, hard: verdict.hard, reason: verdict.reason });
+        }
         this.checkDrained();
       },
     };
   }
 
+  private onModelOutcome(handle: InstanceHandle, model: string, failed: boolean, detail: string): void {
+    const change = handle.models.onOutcome(model, failed, this.deps.clock.now(), detail);
+    if (!change) return;
+    const base = { instance: handle.config.name, model, reason: change.reason, time: this.deps.clock.now(), service: this.config.name, traceId: randomBytes(8).toString('hex') };
+    this.deps.publish(change.kind === 'ejected' ? { ...base, type: 'model-ejected', forMs: this.config.passive.ejectFor } : { ...base, type: 'model-restored' });
+  }
+
+  /** How an instance takes a continuation: its capabilities.prefill, or for auto what its /v1/models says, read once per start. */
+  private prefillOf(handle: InstanceHandle): Promise<Exclude<PrefillShape, 'auto'>> {
+    const configured = handle.config.capabilities.prefill;
+    if (configured !== 'auto') return Promise.resolve(configured);
+    if (handle.prefill?.generation !== handle.generation) {
+      const shape = readOwner(handle.url).then(shapeForOwner);
+      const read = { generation: handle.generation, shape };
+      handle.prefill = read;
+      // An instance that did not say is asked again next time: it may have been busy.
+      void shape.then((found) => {
+        if (found === 'none' && handle.prefill === read) handle.prefill = undefined;
+      });
+    }
+    return handle.prefill.shape;
+  }
+
   private serveWaiters(): void {
     for (const waiter of [...this.waiters]) {
-      const attempt = this.pick(waiter.tried);
-      if (!attempt) return;
+      const attempt = this.pick(waiter.tried, waiter.want);
+      if (!attempt) continue;
       waiter.cleanup();
       waiter.resolve(attempt);
     }

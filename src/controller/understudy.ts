@@ -320,6 +320,7 @@ export class Understudy {
       onAttempt: (service, instance, outcome) => this.metrics.attempts.inc({ service, instance, outcome }),
       onRetry: (service, reason) => this.metrics.retries.inc({ service, reason }),
       onError: (message, error) => this.log.error({ err: error }, message),
+      onEvent: (service, event, traceId) => this.events.publish({ ...event, time: this.clock.now(), service, traceId }),
     };
   }
 

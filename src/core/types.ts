@@ -93,7 +93,40 @@ export type EventBody =
       reason: string;
     }
   | SnapshotEventBody
-  | DrillEventBody;
+  | DrillEventBody
+  | StreamEventBody;
+
+/** Per (instance, model) health and streams that moved: see docs/streams.md. */
+export type StreamEventBody =
+  /** One model's answers on an instance failed `passive.failures` times in a row: its requests go elsewhere for `passive.ejectFor`. */
+  | { type: 'model-ejected'; instance: string; model: string; forMs: number; reason: string }
+  /** A request for the model succeeded on the instance again after its ejection. */
+  | { type: 'model-restored'; instance: string; model: string; reason: string }
+  /** A stream that broke mid-answer goes on from another instance; the client reads one answer. */
+  | {
+      type: 'stream-continued';
+      from: string;
+      to: string;
+      stream: 'chat' | 'completions' | 'segments';
+      requestId: string;
+      /** Text (characters and content chunks) the client had at the seam, for a generation. */
+      atChars?: number;
+      atTokens?: number;
+      /** The first segment the continuation sent, for a segmented stream. */
+      atSegment?: number;
+      reason: string;
+    }
+  /** A stream broke and could not be continued: the client was told in band and the connection ended without a clean end. */
+  | {
+      type: 'stream-cut';
+      instance: string;
+      stream: 'chat' | 'completions' | 'segments';
+      requestId: string;
+      atChars?: number;
+      atTokens?: number;
+      atSegment?: number;
+      reason: string;
+    };
 
 /** A drill's start and end: see docs/recovery.md. */
 export type DrillEventBody =

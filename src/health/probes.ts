@@ -74,6 +74,22 @@ export async function readVersion(probe: VersionProbeConfig, base: URL): Promise
   }
 }
 
+/**
+ * Who serves an OpenAI-compatible instance, from GET /v1/models: the first model's
+ * `owned_by` (vLLM says "vllm", llama.cpp server "llamacpp", Ollama "library" or
+ * "ollama"); undefined when it does not answer that way.
+ */
+export async function readOwner(base: URL, timeout = 1000): Promise<string | undefined> {
+  try {
+    const { status, body } = await httpGet(new URL('/v1/models', base), timeout);
+    if (status < 200 || status >= 300) return undefined;
+    const owner = (JSON.parse(body) as { data?: { owned_by?: unknown }[] }).data?.[0]?.owned_by;
+    return typeof owner === 'string' ? owner : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 async function httpGet(url: URL, timeout: number) {
   const response = await request(url, {
     dispatcher: probeAgent,

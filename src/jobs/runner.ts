@@ -1,7 +1,7 @@
 import { readFile, rm } from 'node:fs/promises';
 import type { JobsConfig } from '../config/index.js';
 import type { EventBody } from '../core/index.js';
-import { exchange, ProxyError, type Ended, type ProxyHooks, type Upstreams } from '../proxy/index.js';
+import { classifyStatus, describeRequest, exchange, ProxyError, retryAfterMs, type Ended, type ProxyHooks, type Upstreams } from '../proxy/index.js';
 import { JobError, StoreError } from './errors.js';
 import { DurableFile, type JobFiles } from './files.js';
 import { writeJoined, writeResults } from './output.js';
@@ -10,7 +10,6 @@ import type { JobStore } from './store.js';
 import { FINAL_STATES, type ItemRecord, type ItemResult, type JobRecord, type JobState, type ResultBody } from './types.js';
 
 /** Answers that say the request itself is wrong: trying it again gives the same answer. */
-const RETRIED_4XX = new Set([408, 425, 429]);
 /** The service had no instance to try (none ready, queue full): waiting costs the item no try. */
 const NOT_TRIED = new Set(['NO_READY_INSTANCE', 'QUEUE_FULL']);
 const MAX_RETRY_DELAY_MS = 30_000;
@@ -383,12 +382,14 @@ class JobRun {
         'x-understudy-job': record.id,
         'x-understudy-item': String(item.index),
       };
+      const { method, path } = item.request;
       const answer = await exchange(
         upstreams,
-        { method: item.request.method, path: item.request.path, headers, body, retryable: true },
+        { method, path, headers, body, retryable: true, model: describeRequest(method, path, body).model },
         controller.signal,
         ended,
         this.options.hooks,
+        { deadline: started + record.options.itemTimeout },
       );
       if (!answer.ok) {
         if (answer.error === null) return this.requeue(item); // paused, cancelled or stopping
@@ -413,7 +414,8 @@ class JobRun {
       answer.finish();
       const headersOut = flatHeaders(answer.headers);
       const status = answer.status;
-      if (status < 400 || (status < 500 && !RETRIED_4XX.has(status))) {
+      // The data plane's classes: a client error is final, a server error or a 429 is tried again.
+      if (status < 400 || classifyStatus(status) === 'client-error') {
         const state = status < 400 ? 'succeeded' : 'failed';
         const error = state === 'failed' ? `the service answered ${status}` : null;
         return this.settle(
@@ -507,7 +509,7 @@ class JobRun {
     }
     this.options.onItem?.(record.service, 'retried', performance.now() - started);
     const backoff = Math.min(MAX_RETRY_DELAY_MS, this.options.defaults.retryDelay * 2 ** (tries - 1));
-    const asked = retryAfter !== undefined && /^\d+$/.test(retryAfter) ? Number(retryAfter) * 1000 : 0;
+    const asked = retryAfterMs(retryAfter, this.runner.now()) ?? 0;
     this.delay(item, Math.min(MAX_RETRY_DELAY_MS, Math.max(backoff, asked)));
   }
 

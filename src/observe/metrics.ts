@@ -23,7 +23,7 @@ export class Metrics {
 
   readonly retries = new Counter({
     name: 'understudy_retries_total',
-    help: 'Attempts retried on another instance before any byte reached the client.',
+    help: 'Attempts retried before any byte reached the client, by the failure class (refused, broken, timeout, server-error, rate-limited, context-length, cannot-take), "(same instance)" when tried there again.',
     labelNames: ['service', 'reason'] as const,
     registers: [this.registry],
   });
@@ -48,6 +48,20 @@ export class Metrics {
     help: 'Time of the try that finished a job item, by outcome.',
     labelNames: ['service', 'outcome'] as const,
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800],
+    registers: [this.registry],
+  });
+
+  readonly streams = new Counter({
+    name: 'understudy_stream_breaks_total',
+    help: 'Streams that broke mid-answer, by kind (chat, completions, segments) and result: continued (on another instance) or cut.',
+    labelNames: ['service', 'stream', 'result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly modelEjections = new Counter({
+    name: 'understudy_model_ejections_total',
+    help: 'Models ejected from an instance after failed answers for them (the instance keeps serving its other models).',
+    labelNames: ['service', 'instance'] as const,
     registers: [this.registry],
   });
 
@@ -108,6 +122,9 @@ export class Metrics {
     this.events.inc({ service: event.service, type: event.type });
     if (event.type === 'instance-state') this.instance(event.service, event.instance, event.to);
     if (event.type === 'active-changed') this.failovers.inc({ service: event.service, kind: event.kind });
+    if (event.type === 'stream-continued') this.streams.inc({ service: event.service, stream: event.stream, result: 'continued' });
+    if (event.type === 'stream-cut') this.streams.inc({ service: event.service, stream: event.stream, result: 'cut' });
+    if (event.type === 'model-ejected') this.modelEjections.inc({ service: event.service, instance: event.instance });
     if (event.type === 'active-changed' || event.type === 'no-ready-instance') {
       const previous = this.activeOf.get(event.service);
       if (previous) this.active.set({ service: event.service, instance: previous }, 0);

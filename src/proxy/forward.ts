@@ -1,12 +1,14 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import { setTimeout as delay } from 'node:timers/promises';
-import { errors as undiciErrors, type Dispatcher } from 'undici';
-import type { AttemptOutcome } from '../health/index.js';
-import { InstanceDownError, ProxyError } from './errors.js';
+import type { EventBody } from '../core/index.js';
+import { ProxyError } from './errors.js';
+import { asProxyError, exchange, type Ended, type ExchangeHooks, type ExchangeOptions, type Outgoing } from './exchange.js';
+import { describeRequest, type Generation } from './generation.js';
 import { downstreamHeaders, upstreamHeaders } from './headers.js';
 import { Idempotency } from './idempotency.js';
-import type { Attempt, Upstreams } from './types.js';
+import { relayResumable, vetGeneration, vetSegments, type Sink } from './resume.js';
+import { RESUME_HEADER, SEGMENTS_HEADER } from './segments.js';
+import type { Upstreams } from './types.js';
 
 /** What the gateway reports about each request, for metrics and access logs. */
 export interface RequestReport {
@@ -20,24 +22,22 @@ export interface RequestReport {
   outcome: 'ok' | 'error' | 'cut' | 'client-abort';
   attempts: number;
   ms: number;
+  /** Times a stream was continued on another instance. */
+  continued?: number;
   error?: string;
 }
 
-export interface ProxyHooks {
+export interface ProxyHooks extends ExchangeHooks {
   onRequest(report: RequestReport): void;
   /** A listener failed outside any request (e.g. accept ran out of file descriptors). */
   onError(message: string, error: unknown): void;
-  onAttempt(service: string, instance: string, outcome: AttemptOutcome): void;
-  onRetry(service: string, reason: string): void;
+  /** Something worth an event happened to a request (a stream continued or cut); `traceId` is the request id. */
+  onEvent?(service: string, event: EventBody, traceId: string): void;
   /** Set when requests with an Idempotency-Key are to be answered once. */
   idempotency?: Idempotency | undefined;
 }
 
 type Body = Buffer | Readable | null;
-
-const RETRYABLE: ReadonlySet<AttemptOutcome> = new Set(['connect', 'reset', 'instance-down']);
-/** Refused connections one request may meet before it fails: each takes an instance out, so this only bounds a flapping fleet. */
-const MAX_REFUSED = 10;
 
 /**
  * Forwards one request to the service, retrying on another instance while no byte
@@ -71,7 +71,8 @@ export async function forward(
   }, config.timeouts.total);
   try {
     const key = hooks.idempotency ? req.headers['idempotency-key'] : undefined;
-    const exchange: Exchange = { req, res, upstreams, path, requestId, hooks, requestSignal, ended, report };
+    const deadline = performance.now() + config.timeouts.total;
+    const exchange: Exchange = { req, res, upstreams, path, requestId, hooks, requestSignal, ended, deadline, report };
     if (typeof key === 'string') await answerOnce(exchange, key, hooks.idempotency!);
     else await attempts(exchange);
   } finally {
@@ -79,12 +80,12 @@ export async function forward(
   }
 }
 
-type Report = (status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string) => void;
+type Report = (status: number, outcome: RequestReport['outcome'], instance: string | null, attempts: number, error?: string, continued?: number) => void;
 
 /** Reports the request's end to the hooks, timed from now. */
 export function reporter(hooks: ProxyHooks, service: string, req: IncomingMessage, path: string, requestId: string): Report {
   const started = performance.now();
-  return (status, outcome, instance, attempts, error) =>
+  return (status, outcome, instance, attempts, error, continued) =>
     hooks.onRequest({
       service,
       instance,
@@ -96,6 +97,7 @@ export function reporter(hooks: ProxyHooks, service: string, req: IncomingMessag
       attempts,
       ms: performance.now() - started,
       ...(error === undefined ? {} : { error }),
+      ...(continued ? { continued } : {}),
     });
 }
 
@@ -110,6 +112,8 @@ interface Exchange {
   /** Aborted when the client leaves or timeouts.total passes; `ended` says which. */
   requestSignal: AbortSignal;
   ended: Ended;
+  /** performance.now() at which timeouts.total passes. */
+  deadline: number;
   report: Report;
   /** The body, when it was read before (to fingerprint it). */
   read?: { body: Body; retryable: boolean };
@@ -210,8 +214,21 @@ async function attempts(x: Exchange): Promise<void> {
     return;
   }
 
-  const outgoing: Outgoing = { method: req.method ?? 'GET', path, headers: upstreamHeaders(req, requestId), body, retryable };
-  const answer = await exchange(upstreams, outgoing, requestSignal, ended, hooks);
+  const method = req.method ?? 'GET';
+  const facts = describeRequest(method, path, body);
+  const outgoing: Outgoing = { method, path, headers: upstreamHeaders(req, requestId), body, retryable, model: facts.model };
+  // Streams that can be continued elsewhere are held until their first token (see resume.ts).
+  const options: ExchangeOptions = { deadline: x.deadline };
+  const resumable = config.streams.resume && retryable;
+  if (resumable && facts.generation) {
+    options.vet = vetGeneration(config.timeouts.firstToken);
+    options.headersTimeout = config.timeouts.firstToken;
+  } else if (resumable && method === 'POST') {
+    delete outgoing.headers[RESUME_HEADER];
+    outgoing.headers[SEGMENTS_HEADER] = '1';
+    options.vet = vetSegments(config.timeouts.firstToken);
+  }
+  const answer = await exchange(upstreams, outgoing, requestSignal, ended, hooks, options);
   if (!answer.ok) {
     if (answer.error === null) return report(499, 'client-abort', answer.instance, answer.attempts);
     respondError(res, answer.error, requestId);
@@ -222,6 +239,11 @@ async function attempts(x: Exchange): Promise<void> {
   const responseHeaders = downstreamHeaders(answer.headers);
   responseHeaders['x-request-id'] = requestId;
   responseHeaders['x-understudy-instance'] = instance;
+  if (answer.stream) {
+    // The body is relayed event by event (or unframed): its length is not the instance's.
+    delete responseHeaders['content-length'];
+    delete responseHeaders[SEGMENTS_HEADER];
+  }
   try {
     res.writeHead(status, responseHeaders);
   } catch (error) {
@@ -233,6 +255,11 @@ async function attempts(x: Exchange): Promise<void> {
     return report(502, 'error', instance, n, failure.message);
   }
   const capture = x.capture;
+  if (answer.stream) {
+    const relayed = await relayResumable({ upstreams, outgoing, requestId, requestSignal, ended, hooks, deadline: x.deadline, sink: sinkFor(res, capture) }, answer, facts.generation as Generation);
+    if (relayed.outcome !== 'ok' && capture) capture.answer = undefined;
+    return report(status, relayed.outcome, relayed.instance, relayed.attempts, relayed.error, relayed.continuations);
+  }
   const kept: Buffer[] = [];
   if (capture) {
     let size = 0;
@@ -265,164 +292,49 @@ async function attempts(x: Exchange): Promise<void> {
   });
 }
 
-/** A request on its way to a service: a client's, or an item of a job. */
-export interface Outgoing {
-  method: string;
-  path: string;
-  headers: Record<string, string | string[]>;
-  body: Body;
-  /** Whether the body can be sent again (it is held in memory). */
-  retryable: boolean;
-}
-
-/** Why the sender cut a request short, read when its signal aborts: `client` left, or its `total` time passed. */
-export interface Ended {
-  client: boolean;
-  total: boolean;
-}
-
-/** The answer that will be passed on, or why there is none. */
-export type Answer =
-  | {
-      ok: true;
-      instance: string;
-      status: number;
-      headers: Record<string, string | string[] | undefined>;
-      body: Readable;
-      /** Attempts made, this one included. */
-      attempts: number;
-      /**
-       * Call once the body is consumed (or failed): feeds passive health and the attempt
-       * metrics, and says how the attempt ended.
-       */
-      finish(error?: Error, outcome?: AttemptOutcome): [AttemptOutcome, string];
-    }
-  /** `error` null: the sender left (its signal aborted with ended.client). */
-  | { ok: false; error: ProxyError | null; instance: string | null; attempts: number };
-
 /**
- * Sends a request to the service, retrying on another instance (per the service's
- * retry policy) until an answer may be passed on. Waits in the service's queue while
- * no instance is ready. The caller consumes the body and then calls `finish`.
+ * The client's side of a relayed stream: writes wait for the socket to drain; a cut ends
+ * the connection without the final chunk, so the client sees it broken. With `capture`,
+ * the bytes are kept too (an Idempotency-Key's answer).
  */
-export async function exchange(
-  upstreams: Upstreams,
-  outgoing: Outgoing,
-  requestSignal: AbortSignal,
-  ended: Ended,
-  hooks: Pick<ProxyHooks, 'onAttempt' | 'onRetry'>,
-): Promise<Answer> {
-  const config = upstreams.config;
-  const { path, headers, body, retryable } = outgoing;
-  const method = outgoing.method as Dispatcher.HttpMethod;
-  const tried = new Set<string>();
-  // Attempts that may have reached a model count against retry.attempts; a refused
-  // connection did no work, so it only takes that instance out and tries the next.
-  let counted = 0;
-  let refused = 0;
-
-  for (;;) {
-    const n = counted + refused + 1;
-    let attempt: Attempt;
-    try {
-      attempt = await upstreams.acquire(tried, requestSignal);
-    } catch (error) {
-      if (ended.client) return { ok: false, error: null, instance: null, attempts: n - 1 };
-      // Nothing can take the request now: the queue's 503 says why, better than the last attempt's error.
-      return { ok: false, error: asProxyError(error, config.name), instance: null, attempts: n - 1 };
-    }
-    tried.add(attempt.instance);
-    const link = follow(requestSignal, attempt);
-    const sent = performance.now();
-    const lastChance = counted + 1 >= config.retry.attempts;
-
-    let response: Dispatcher.ResponseData;
-    try {
-      if (attempt.fault?.kind === 'slow') {
-        // Held as a slow model is: past timeouts.firstByte it is a timeout, as it would be for real.
-        await delay(Math.min(attempt.fault.delayMs, config.timeouts.firstByte), undefined, { signal: attempt.signal });
-        if (attempt.fault.delayMs > config.timeouts.firstByte) throw new undiciErrors.HeadersTimeoutError();
-      }
-      response = attempt.fault?.kind === 'error' ? injectedError(attempt.fault.status, attempt.instance) : await attempt.dispatcher.request({
-        path,
-        method,
-        headers,
-        body,
-        signal: attempt.signal,
-        headersTimeout: config.timeouts.firstByte,
-        bodyTimeout: config.timeouts.idle,
-      });
-    } catch (error) {
-      link.dispose();
-      const [outcome, detail] = classify(error, ended, attempt.signal);
-      attempt.finish(outcome, detail);
-      hooks.onAttempt(config.name, attempt.instance, outcome);
-      if (outcome === 'client-abort') return { ok: false, error: null, instance: attempt.instance, attempts: n };
-      if (outcome === 'connect' && retryable && refused < MAX_REFUSED) {
-        refused += 1;
-        hooks.onRetry(config.name, outcome);
-        continue;
-      }
-      counted += 1;
-      if (RETRYABLE.has(outcome) && retryable && !lastChance) {
-        hooks.onRetry(config.name, outcome);
-        continue;
-      }
-      // A streamed body that outgrew limits.body ends the request with the gateway's own 413.
-      const failure = error instanceof ProxyError ? error : failureFor(outcome, detail, attempt.instance, config.name, n);
-      return { ok: false, error: failure, instance: attempt.instance, attempts: n };
-    }
-
-    counted += 1;
-    attempt.firstByte(performance.now() - sent);
-    const status = response.statusCode;
-    if (config.retry.statuses.includes(status) && retryable && !lastChance) {
-      attempt.finish(status >= 500 ? 'status' : 'ok', `answered ${status}`);
-      hooks.onAttempt(config.name, attempt.instance, 'status');
-      hooks.onRetry(config.name, `status ${status}`);
-      link.dispose();
-      response.body.dump().catch(() => {});
-      continue;
-    }
-
-    const instance = attempt.instance;
-    let finished = false;
-    return {
-      ok: true,
-      instance,
-      status,
-      headers: response.headers,
-      body: response.body,
-      attempts: n,
-      finish: (error, forced) => {
-        const result: [AttemptOutcome, string] = error
-          ? forced
-            ? [forced, error.message]
-            : classify(error, ended, attempt.signal)
-          : [status >= 500 ? 'status' : 'ok', `answered ${status}`];
-        if (finished) return result;
-        finished = true;
-        link.dispose();
-        attempt.finish(result[0], error ? `response broke: ${result[1]}` : result[1]);
-        if (!forced) hooks.onAttempt(config.name, instance, result[0]);
-        return result;
-      },
-    };
-  }
-}
-
-/** The answer of an instance a drill makes fail: the gateway's own, the instance is not asked. */
-function injectedError(status: number, instance: string): Dispatcher.ResponseData {
-  const text = JSON.stringify({ error: { code: 'DRILL_FAULT', message: `${instance} answers ${status}: a drill injected this fault` } });
-  const body = Object.assign(Readable.from([Buffer.from(text)]), { dump: async () => {} });
+function sinkFor(res: ServerResponse, capture: Capture | undefined): Sink {
+  const kept: Buffer[] = [];
+  let size = 0;
+  const keep = (chunk: string | Buffer) => {
+    if (!capture || size > capture.limit) return;
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    size += bytes.length;
+    if (size <= capture.limit) kept.push(bytes);
+    else kept.length = 0;
+  };
   return {
-    statusCode: status,
-    headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) },
-    body,
-    trailers: {},
-    opaque: null,
-    context: {},
-  } as unknown as Dispatcher.ResponseData;
+    async write(chunk) {
+      keep(chunk);
+      if (res.write(chunk) || res.destroyed) return;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done).off('close', done);
+          resolve();
+        };
+        res.on('drain', done).on('close', done);
+      });
+    },
+    end() {
+      if (capture && size <= capture.limit) {
+        const headers = { ...(res.getHeaders() as Record<string, string | string[]>) };
+        delete headers['x-request-id'];
+        capture.answer = { status: res.statusCode, headers, body: Buffer.concat(kept, size) };
+      }
+      res.end();
+    },
+    cut(last) {
+      if (last === undefined || res.destroyed) {
+        res.destroy();
+        return;
+      }
+      res.write(last, () => res.destroy());
+    },
+  };
 }
 
 /**
@@ -484,17 +396,6 @@ function tooLarge(maxBody: number): ProxyError {
   });
 }
 
-const CONNECT_CODES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
-const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
-
-/** Aborts the attempt when the request is aborted; dispose() unhooks it once the attempt is over. */
-function follow(request: AbortSignal, attempt: Attempt): { dispose(): void } {
-  const onAbort = () => attempt.abort(request.reason as Error);
-  if (request.aborted) onAbort();
-  else request.addEventListener('abort', onAbort, { once: true });
-  return { dispose: () => request.removeEventListener('abort', onAbort) };
-}
-
 /**
  * Streams the instance's body to the client with backpressure. Calls `done` once:
  * without an error when the client has the whole body, else with the cause.
@@ -519,37 +420,6 @@ function relay(body: Readable, res: ServerResponse, done: (error?: Error) => voi
     settle(new ProxyError('CLIENT_GONE', 499, 'the client closed the connection'));
   });
   body.pipe(res);
-}
-
-function classify(error: unknown, ended: { client: boolean; total: boolean }, instance: AbortSignal): [AttemptOutcome, string] {
-  if (ended.client) return ['client-abort', 'the client closed the connection'];
-  // Before the instance check: the request's own timeout also aborts the attempt's signal.
-  if (ended.total) return ['timeout', 'the total timeout passed'];
-  if (instance.aborted) return ['instance-down', (instance.reason as Error).message];
-  const err = error as { code?: string; message?: string; cause?: { code?: string } };
-  const code = err.code === 'UND_ERR_SOCKET' && err.cause?.code ? err.cause.code : err.code;
-  if (error instanceof undiciErrors.HeadersTimeoutError) return ['timeout', 'no response head within timeouts.firstByte'];
-  if (error instanceof undiciErrors.BodyTimeoutError) return ['stalled', 'the response stalled longer than timeouts.idle'];
-  if (code !== undefined && CONNECT_CODES.has(code)) return ['connect', `connect ${code}`];
-  if (code !== undefined && RESET_CODES.has(code)) return ['reset', `${code}: ${err.message ?? ''}`.trim()];
-  if (error instanceof ProxyError) return ['bad-request', error.message];
-  return ['error', err.message ?? String(error)];
-}
-
-function failureFor(outcome: AttemptOutcome, detail: string, instance: string, service: string, attempts: number): ProxyError {
-  if (outcome === 'timeout' || outcome === 'stalled') {
-    return new ProxyError('UPSTREAM_TIMEOUT', 504, `${instance}: ${detail}`, { service, attempts });
-  }
-  return new ProxyError('UPSTREAM_UNAVAILABLE', 502, `no instance could answer; last: ${instance}: ${detail}`, {
-    service,
-    attempts,
-  });
-}
-
-function asProxyError(error: unknown, service: string): ProxyError {
-  if (error instanceof ProxyError) return error;
-  if (error instanceof InstanceDownError) return new ProxyError('UPSTREAM_UNAVAILABLE', 502, error.message, { service });
-  return new ProxyError('GATEWAY_ERROR', 500, (error as Error).message ?? String(error), { service });
 }
 
 export function respondError(res: ServerResponse, error: ProxyError, requestId: string): void {

@@ -20,13 +20,24 @@ describe('configuration', () => {
     expect(config.stateDir).toBe('/etc/understudy/.understudy');
     expect(config.admin.listen).toEqual({ host: '127.0.0.1', port: 9901 });
     expect(service.failback).toEqual({ policy: 'never' });
-    expect(service.timeouts).toEqual({ firstByte: 120_000, idle: 60_000, total: 1_800_000 });
-    expect(service.retry).toEqual({ attempts: 3, statuses: [500, 502, 503, 504, 429], bodyLimit: 1_048_576, inflightOnDown: true });
+    expect(service.timeouts).toEqual({ firstByte: 60_000, firstToken: 30_000, idle: 30_000, total: 1_800_000 });
+    expect(service.retry).toMatchObject({
+      attempts: 3,
+      statuses: [500, 502, 503, 504, 429],
+      bodyLimit: 1_048_576,
+      inflightOnDown: true,
+      sameInstance: { statuses: [500], times: 1 },
+      rateLimited: { maxWait: 2000, retries: 2, backoff: 250 },
+      afterTimeout: 1,
+      contextLength: { statuses: [400, 413, 422] },
+    });
+    expect(service.streams).toEqual({ resume: true, keepText: 1_048_576 });
     expect(service.queue).toEqual({ max: 1000, timeout: 30_000 });
     expect(service.passive).toEqual({ failures: 5, slowFactor: 10, slowMin: 500, slow: 3, ejectFor: 30_000 });
     const instance = service.instances[0]!;
     expect(instance.id).toBe('tts/a');
     expect(instance.runtime).toEqual({ type: 'external' });
+    expect(instance.capabilities).toEqual({ prefill: 'auto' });
     expect(instance.probes.ready).toEqual({ http: { path: '/health' }, timeout: 1000, interval: 2000, suspectInterval: 500, rise: 2, fall: 3 });
     // Without a startup probe, start-up is judged by the ready check with a start-up budget.
     expect(instance.probes.startup).toEqual({ http: { path: '/health' }, timeout: 1000, interval: 500, budget: 300_000 });
@@ -38,7 +49,7 @@ describe('configuration', () => {
       'u.yaml',
     ).services[0]!;
     expect(service.failback).toEqual({ policy: 'after', stableMs: 90_000 });
-    expect(service.timeouts).toEqual({ firstByte: 1500, idle: 120_000, total: 3_600_000 });
+    expect(service.timeouts).toEqual({ firstByte: 1500, firstToken: 30_000, idle: 120_000, total: 3_600_000 });
     expect(service.retry.bodyLimit).toBe(512 * 1024);
   });
 
@@ -156,7 +167,7 @@ describe('drills and alerts', () => {
       '4:24 services.tts.drill.schedule: a drill sends a probe request: set drill.request (or deploy.smoke)',
       '4:45 services.tts.drill.faults: kill needs every warm instance run by Understudy (not external)',
       '4:45 services.tts.drill.faults: cold-start needs a cold standby and every warm instance run by Understudy',
-      '4:72 services.tts.drill.delay: must be below timeouts.firstByte (120000ms): a longer hold is a timeout, not a slow answer',
+      '4:72 services.tts.drill.delay: must be below timeouts.firstByte (60000ms): a longer hold is a timeout, not a slow answer',
     ]);
     expect(mistakes(ok('    drill: { faults: [explode] }\n'))[0]).toMatch(/services.tts.drill.faults.0: /);
     expect(mistakes(`alerts: { webhooks: [ftp://x] }\n${ok()}`)[0]).toMatch(/alerts.webhooks.0: /);
