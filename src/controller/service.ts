@@ -364,6 +364,7 @@ export class ServiceController implements Upstreams {
         }),
       );
     }
+    const timeout = Math.min(this.config.queue.timeout, want?.queueFor ?? Infinity);
     return new Promise<Attempt>((resolve, reject) => {
       const onAbort = () => {
         waiter.cleanup();
@@ -376,8 +377,8 @@ export class ServiceController implements Upstreams {
         reject,
         timer: this.deps.clock.setTimeout(() => {
           waiter.cleanup();
-          reject(this.unavailable(`no instance of ${this.config.name} became ready within ${this.config.queue.timeout}ms`));
-        }, this.config.queue.timeout),
+          reject(this.unavailable(`no instance of ${this.config.name} became ready within ${timeout}ms`));
+        }, timeout),
         cleanup: () => {
           waiter.timer.cancel();
           signal.removeEventListener('abort', onAbort);

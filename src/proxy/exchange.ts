@@ -70,6 +70,8 @@ export interface ExchangeOptions {
    * is never passed on (a 4xx means this instance cannot take it: the next is tried).
    */
   continuation?: boolean;
+  /** Longest wait in the queue, when shorter than queue.timeout (see Want.queueFor). */
+  queueFor?: number;
 }
 
 /** The answer that will be passed on, or why there is none. */
@@ -116,7 +118,8 @@ export async function exchange(
   const history: FailedAttempt[] = [];
   const deadline = options.deadline ?? Infinity;
   const headersTimeout = Math.min(config.timeouts.firstByte, options.headersTimeout ?? Infinity);
-  let next: Want = { model: outgoing.model, exclude };
+  const queueFor = options.queueFor;
+  let next: Want = { model: outgoing.model, exclude, queueFor };
 
   /** The policy's word on the attempt just added to `history`. */
   const decide = (instance: string, contextWindow: number | undefined): RetryDecision => {
@@ -140,8 +143,8 @@ export async function exchange(
     hooks.onRetry(config.name, decision.action === 'same' ? `${label} (same instance)` : label);
     next =
       decision.action === 'same'
-        ? { model: outgoing.model, exclude, same: attempt.instance }
-        : { model: outgoing.model, exclude, contextAbove: decision.larger ? (attempt.contextWindow ?? 0) : undefined };
+        ? { model: outgoing.model, exclude, queueFor, same: attempt.instance }
+        : { model: outgoing.model, exclude, queueFor, contextAbove: decision.larger ? (attempt.contextWindow ?? 0) : undefined };
     pause = decision.action === 'same' ? decision.delayMs : 0;
     return true;
   };

@@ -304,7 +304,8 @@ function continueElsewhere(x: ResumeContext, splice: GenerationSplice | SegmentS
   const headers = { ...x.outgoing.headers };
   delete headers['content-length'];
   const firstToken = config.timeouts.firstToken;
-  const options: ExchangeOptions = { exclude: refused, avoid: [broken], deadline: x.deadline, headersTimeout: firstToken, continuation: true };
+  // The client is reading a stream: it waits for a ready instance no longer than a stream may pause.
+  const options: ExchangeOptions = { exclude: refused, avoid: [broken], deadline: x.deadline, headersTimeout: firstToken, continuation: true, queueFor: config.timeouts.idle };
   if (splice instanceof GenerationSplice) {
     const { generation, text, produced } = splice;
     options.vet = vetGeneration(firstToken);

@@ -47,6 +47,8 @@ export interface Want {
   same?: string | undefined;
   /** Only instances that declare a context window larger than this many tokens. */
   contextAbove?: number | undefined;
+  /** Longest wait in the queue for a ready instance, when shorter than queue.timeout (a continuation: timeouts.idle). */
+  queueFor?: number | undefined;
 }
 
 /** What the data plane needs of a service: where to send the next attempt. */

@@ -68,7 +68,8 @@ function toArgs(options: ModelServerOptions): string[] {
   return options.ignoreSigterm ? [...args, '--ignore-sigterm'] : args;
 }
 
-function waitForMessage(proc: ChildProcess, type: FixtureMessage['type'], timeoutMs: number, output: () => string): Promise<number> {
+/** Resolves the port a fixture reports in its `listening` or `ready` IPC message. */
+export function waitForMessage(proc: ChildProcess, type: FixtureMessage['type'], timeoutMs: number, output: () => string): Promise<number> {
   return new Promise((resolve, reject) => {
     const cleanup = () => {
       clearTimeout(timer);
