@@ -16,6 +16,7 @@ import {
   type RollbackRun,
 } from './scenarios/rollback.js';
 import type { SnapshotResult } from './scenarios/snapshot.js';
+import { CONCURRENCY, MAX_TOKENS, OVERHEAD_CONCURRENCY, OVERHEAD_STREAMS, OVERHEAD_TOKENS, ROUNDS, TOKEN_DELAY_MS, type StreamsResult } from './scenarios/streams.js';
 
 export interface BenchReport {
   date: string;
@@ -30,6 +31,8 @@ export interface BenchReport {
   snapshot?: SnapshotResult | null;
   /** Absent from reports saved before the rollback scenario. */
   rollback?: RollbackResult | null;
+  /** Absent from reports saved before the streams scenario. */
+  streams?: StreamsResult | null;
 }
 
 const PROXY_LABELS: Record<ProxyName, string> = {
@@ -342,6 +345,39 @@ Why Understudy rolled back:
 ${reasons}`;
 }
 
+function streamsSection(r: StreamsResult): string {
+  const pct = (n: number) => `${((100 * n) / r.streams).toFixed(1)} %`;
+  const cutPer1000 = (1000 * r.cut) / r.streams;
+  const seamOverTtft = r.seamMs.p99 - r.standbyTtftMs.p50;
+  return `## Streams cut mid-answer
+
+${ROUNDS} rounds of ${CONCURRENCY} concurrent chat streams (${MAX_TOKENS} tokens, one every ${TOKEN_DELAY_MS} ms) through \`understudy up\`
+to two imitation vLLM servers; in each round the instance answering them is SIGKILLed once every stream has had some
+tokens (a different point of the answer each round), and started again for the next round, which kills the other one
+(\`passive.ejectFor: 1s\` so that a restarted server is back for the next round, and \`quarantine.failures: ${ROUNDS}\` so that
+a server killed ${ROUNDS / 2} times is not quarantined as flapping; the rest are the shipped defaults).
+
+${table(
+  ['Figure', 'Result', 'Goal', ''],
+  [
+    ['Streams cut per 1,000', `${cutPer1000.toFixed(1)} (${r.cut} of ${r.streams})`, '0', goal(r.cut === 0)],
+    ['Streams continued on the standby', `${r.continued} (${pct(r.continued)})`, 'all', goal(r.continued === r.streams)],
+    ['Text identical to the uninterrupted answer', `${r.identical} (${pct(r.identical)})`, '100 %', goal(r.identical === r.streams)],
+    ['Seam: extra delay the client sees, p50 / p99 / max', `${ms(r.seamMs.p50)} / ${ms(r.seamMs.p99)} / ${ms(r.seamMs.max)}`, '< 300 ms + standby TTFT', goal(seamOverTtft < 300)],
+    ["Standby's own time to first token (asked directly), p50", ms(r.standbyTtftMs.p50), '', ''],
+    ['Per chunk, server to client, direct: p50 / p99', `${ms(r.chunk.direct.p50)} / ${ms(r.chunk.direct.p99)}`, '', ''],
+    ['Per chunk, server to client, through Understudy: p50 / p99', `${ms(r.chunk.understudy.p50)} / ${ms(r.chunk.understudy.p99)}`, '', ''],
+    ['Added per chunk in steady streaming, p50 (p99)', `${r.chunk.addedP50Ms.toFixed(3)} ms (${r.chunk.addedP99Ms.toFixed(3)} ms)`, '< 0.2 ms', goal(r.chunk.addedP50Ms < 0.2)],
+  ],
+)}
+
+The seam is measured by the client: from the later of the kill and the last chunk before it, to the first chunk after it.
+The per-chunk figures come from ${r.chunk.chunks} chunks each way (${OVERHEAD_STREAMS} streams of ${OVERHEAD_TOKENS} tokens, ${OVERHEAD_CONCURRENCY} at a
+time, the two ways alternating): each chunk's \`x_sent_at\` (stamped by the server as it writes it) to the moment the client reads it.${
+    r.failures.length > 0 ? `\n\nWhat went wrong:\n\n${r.failures.map((f) => `- ${f}`).join('\n')}` : ''
+  }`;
+}
+
 export function renderMarkdown(report: BenchReport): string {
   const { environment: env } = report;
   const sections = [
@@ -358,6 +394,7 @@ share its cores, so compare the rows with each other rather than with other mach
   if (report.jobs) sections.push(jobsSection(report.jobs));
   if (report.snapshot) sections.push(snapshotSection(report.snapshot));
   if (report.rollback) sections.push(rollbackSection(report.rollback));
+  if (report.streams) sections.push(streamsSection(report.streams));
   return `${sections.join('\n\n')}\n`;
 }
 

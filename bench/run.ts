@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { stopAll } from '../test/support/fixture.js';
+import { stopAllLlmServers } from '../test/support/llm.js';
 import { haproxy } from './proxies/haproxy.js';
 import { nginx } from './proxies/nginx.js';
 import { nodeFloor } from './proxies/node-floor.js';
@@ -17,15 +18,16 @@ import { runJobs } from './scenarios/jobs.js';
 import { runOverhead } from './scenarios/overhead.js';
 import { closeRollbackGateways, killRollbackInstancesNow, runRollback } from './scenarios/rollback.js';
 import { runSnapshot } from './scenarios/snapshot.js';
+import { runStreams } from './scenarios/streams.js';
 import { killAllServicesNow, stopAllServices } from './services.js';
 import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
 const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
-const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback'] as const;
+const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback', 'streams'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback,streams]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -49,7 +51,7 @@ function parseOptions(): Options {
 }
 
 async function stopEverything(): Promise<void> {
-  await Promise.all([stopAllServices(), stopAll(), closeRollbackGateways()]);
+  await Promise.all([stopAllServices(), stopAll(), stopAllLlmServers(), closeRollbackGateways()]);
 }
 
 async function bench(options: Options, root: string): Promise<void> {
@@ -67,6 +69,7 @@ async function bench(options: Options, root: string): Promise<void> {
   const hasUnderstudy = launchers.includes(understudy);
   if (runs('cold') && !hasUnderstudy) skipped.push('cold standby take-over: needs Understudy');
   if (runs('jobs') && !hasUnderstudy) skipped.push('durable jobs: needs Understudy');
+  if (runs('streams') && !hasUnderstudy) skipped.push('streams continued: needs Understudy');
 
   const report: BenchReport = {
     date: new Date().toISOString(),
@@ -83,6 +86,7 @@ async function bench(options: Options, root: string): Promise<void> {
     jobs: runs('jobs') && hasUnderstudy ? await runJobs(root) : null,
     snapshot: runs('snapshot') ? await runSnapshot(root) : null,
     rollback: runs('rollback') ? await runRollback(root) : null,
+    streams: runs('streams') && hasUnderstudy ? await runStreams(root) : null,
   };
 
   const markdown = renderMarkdown(report);

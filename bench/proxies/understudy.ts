@@ -26,6 +26,8 @@ interface UnderstudyStatus {
 
 export interface UnderstudyGateway extends RunningProxy {
   events(service: string): Promise<UnderstudyEvent[]>;
+  /** GET on the admin API, with the token. */
+  admin<T>(route: string): Promise<T>;
 }
 
 /** What each instance of a benchmark service probes, unless it says otherwise. */
@@ -60,6 +62,7 @@ export async function startUnderstudy(services: Record<string, unknown>, dir: st
   return {
     url: `http://127.0.0.1:${gatewayPort}`,
     stop: service.stop,
+    admin: <T>(route: string) => admin(route) as Promise<T>,
     async events(name) {
       const body = (await admin(`/v1/events?service=${encodeURIComponent(name)}`)) as { events: UnderstudyEvent[] };
       return body.events;

@@ -134,6 +134,7 @@ describe('the circuit breaker per (instance, model)', () => {
     // Once ejected (after passive.failures = 5 failures), the model's requests no longer try the primary first.
     const onPrimary = (await primary.log()).filter((e) => e.model === MODEL).length;
     expect(onPrimary).toBe(5);
+    expect((await standby.log()).map((e) => e.model)).toEqual(new Array(12).fill(MODEL));
     expect(gateway.app.service('infer')!.view().active).toBe('primary');
     expect(instanceOf(gateway, 'primary').state).toBe('ready');
   });
