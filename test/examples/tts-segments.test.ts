@@ -102,9 +102,9 @@ async function speak(server: Server, body: Record<string, unknown>, headers: Rec
 let a: Server;
 let b: Server;
 
-// Two fresh servers. espeak-ng's output for a sentence depends on what the process
-// synthesised before (see the last test), so byte comparisons are made between two
-// processes that were sent the same requests in the same order.
+// Two fresh servers, so that byte comparisons are made between processes: a sentence's
+// bytes must not depend on which process synthesised it, or what it synthesised before
+// (see the last test).
 beforeEach(async () => {
   [a, b] = await Promise.all([startServer('primary'), startServer('standby')]);
 });
@@ -234,15 +234,13 @@ describe('example tts server: segmented streams', () => {
     expect(parseFrames(resumed.body).map((f) => (f.kind === 'S' ? f.index : f.kind))).toEqual([6, 7, 'E']);
   });
 
-  // KNOWN TO FAIL, on purpose: espeak-ng keeps wave-generator state in process-wide C
-  // statics that no call resets (the pitch-flutter phase, Flutter_ix in wavegen.c, moves
-  // on with every 64 voiced samples; also the gain control, the cycle count and the
-  // random seed). So a sentence's samples depend on how much the process synthesised
-  // before: two processes agree only when their histories do, and a resumed answer,
-  // which skips the sentences before k, differs by a few samples in every segment.
-  // The fix belongs in engine.mjs (restore a snapshot of the WebAssembly memory before
-  // each sentence); when it is in, this test fails, and `.fails` should go.
-  it.fails('a resumed segment is byte-identical to the uninterrupted one, on another process too', async () => {
+  // espeak-ng keeps wave-generator state in process-wide C statics that no call resets
+  // (the pitch-flutter phase, Flutter_ix in wavegen.c, moves on with every 64 voiced
+  // samples; also the gain control, the cycle count and the random seed). engine.mjs
+  // restores a snapshot of the WebAssembly memory, taken per voice after the warm-up,
+  // before each sentence, so a sentence's samples depend only on its text, voice and
+  // rate: not on what the process synthesised before, nor on which process it is.
+  it('a resumed segment is byte-identical to the uninterrupted one, on another process too', async () => {
     const full = parseFrames((await speak(a, { input: TEXT }, SEGMENTS)).body);
     const again = parseFrames((await speak(a, { input: TEXT }, SEGMENTS)).body);
     const elsewhere = parseFrames((await speak(b, { input: TEXT }, resume(5))).body);
