@@ -50,8 +50,8 @@ export interface StreamHead {
 export type Vetted = { ok: true; stream?: StreamHead } | { ok: false; class: FailureClass; outcome: AttemptOutcome; detail: string };
 
 export interface ExchangeOptions {
-  /** Instances the request may not go to. */
-  exclude?: ReadonlySet<string>;
+  /** Instances the request may not go to; those found unable to take it are added (so a caller's later exchange skips them too). */
+  exclude?: Set<string>;
   /** Instances to go to only when no other can take it (as if tried already): the one whose stream broke. */
   avoid?: readonly string[];
   /** The request for one attempt, when it differs by instance (a continuation); undefined: this instance cannot take it. */
@@ -114,23 +114,27 @@ export async function exchange(
   const config = upstreams.config;
   const method = outgoing.method as Dispatcher.HttpMethod;
   const tried = new Set<string>(options.avoid);
-  const exclude = new Set(options.exclude);
+  const exclude = options.exclude ?? new Set<string>();
   const history: FailedAttempt[] = [];
   const deadline = options.deadline ?? Infinity;
   const headersTimeout = Math.min(config.timeouts.firstByte, options.headersTimeout ?? Infinity);
   const queueFor = options.queueFor;
+  /** The largest context window that was too small for this request: later attempts need a larger one. */
+  let tooSmall: number | undefined;
   let next: Want = { model: outgoing.model, exclude, queueFor };
 
   /** The policy's word on the attempt just added to `history`. */
   const decide = (instance: string, contextWindow: number | undefined): RetryDecision => {
     const last = history[history.length - 1]!;
-    const larger = last.class === 'context-length' && upstreams.others(instance, { model: outgoing.model, exclude, contextAbove: contextWindow ?? 0 }).length > 0;
+    if (last.class === 'context-length') tooSmall = Math.max(tooSmall ?? 0, contextWindow ?? 0);
+    const larger = last.class === 'context-length' && upstreams.others(instance, { model: outgoing.model, exclude, contextAbove: tooSmall }).length > 0;
     return decideRetry(
       {
         history,
-        others: upstreams.others(instance, { model: outgoing.model, exclude }),
+        others: upstreams.others(instance, { model: outgoing.model, exclude, contextAbove: tooSmall }),
         larger,
-        remainingMs: deadline - performance.now(),
+        // A continuation's client is reading a stream: no wait (a Retry-After) longer than a stream may pause.
+        remainingMs: Math.min(deadline - performance.now(), options.continuation ? (queueFor ?? Infinity) : Infinity),
         resendable: outgoing.retryable,
       },
       config.retry,
@@ -143,8 +147,8 @@ export async function exchange(
     hooks.onRetry(config.name, decision.action === 'same' ? `${label} (same instance)` : label);
     next =
       decision.action === 'same'
-        ? { model: outgoing.model, exclude, queueFor, same: attempt.instance }
-        : { model: outgoing.model, exclude, queueFor, contextAbove: decision.larger ? (attempt.contextWindow ?? 0) : undefined };
+        ? { model: outgoing.model, exclude, queueFor, same: attempt.instance, contextAbove: tooSmall }
+        : { model: outgoing.model, exclude, queueFor, contextAbove: tooSmall };
     pause = decision.action === 'same' ? decision.delayMs : 0;
     return true;
   };
@@ -257,7 +261,8 @@ export async function exchange(
         if (decision.action === 'pass') decision = { action: 'fail', reason: `answered ${status}` };
       }
       if (decision.action !== 'pass') {
-        const outcome: AttemptOutcome = status >= 500 ? 'status' : 'ok';
+        // A 429 (busy) or a refused continuation says nothing of the instance's or the model's health.
+        const outcome: AttemptOutcome = status >= 500 ? 'status' : status === 429 || options.continuation ? 'bad-request' : 'ok';
         attempt.finish(outcome, `answered ${status}`);
         hooks.onAttempt(config.name, attempt.instance, 'status');
         link.dispose();

@@ -256,7 +256,7 @@ async function attempts(x: Exchange): Promise<void> {
   }
   const capture = x.capture;
   if (answer.stream) {
-    const relayed = await relayResumable({ upstreams, outgoing, requestId, requestSignal, ended, hooks, deadline: x.deadline, sink: sinkFor(res, capture) }, answer, facts.generation as Generation);
+    const relayed = await relayResumable({ upstreams, outgoing, requestId, requestSignal, ended, hooks, deadline: x.deadline, sink: sinkFor(res, capture, requestSignal) }, answer, facts.generation as Generation);
     if (relayed.outcome !== 'ok' && capture) capture.answer = undefined;
     return report(status, relayed.outcome, relayed.instance, relayed.attempts, relayed.error, relayed.continuations);
   }
@@ -297,7 +297,10 @@ async function attempts(x: Exchange): Promise<void> {
  * the connection without the final chunk, so the client sees it broken. With `capture`,
  * the bytes are kept too (an Idempotency-Key's answer).
  */
-function sinkFor(res: ServerResponse, capture: Capture | undefined): Sink {
+/** How long a cut stream's last event (its in-band error) may take to reach the client. */
+const CUT_GRACE_MS = 1000;
+
+function sinkFor(res: ServerResponse, capture: Capture | undefined, signal: AbortSignal): Sink {
   const kept: Buffer[] = [];
   let size = 0;
   const keep = (chunk: string | Buffer) => {
@@ -311,12 +314,20 @@ function sinkFor(res: ServerResponse, capture: Capture | undefined): Sink {
     async write(chunk) {
       keep(chunk);
       if (res.write(chunk) || res.destroyed) return;
+      // A client that stops reading holds the relay only until the request ends (timeouts.total, or it leaves).
       await new Promise<void>((resolve) => {
         const done = () => {
           res.off('drain', done).off('close', done);
+          signal.removeEventListener('abort', ended);
           resolve();
         };
+        const ended = () => {
+          res.destroy();
+          done();
+        };
+        if (signal.aborted) return ended();
         res.on('drain', done).on('close', done);
+        signal.addEventListener('abort', ended, { once: true });
       });
     },
     end() {
@@ -333,6 +344,8 @@ function sinkFor(res: ServerResponse, capture: Capture | undefined): Sink {
         return;
       }
       res.write(last, () => res.destroy());
+      // A client that is not reading would never let the last event out.
+      setTimeout(() => res.destroy(), CUT_GRACE_MS).unref();
     },
   };
 }

@@ -112,6 +112,10 @@ export function continuationBody(generation: Generation, text: string, produced:
     body.prompt = `${body.prompt as string}${text}`;
     return Buffer.from(JSON.stringify(body));
   }
+  // Chat templates trim the final message they continue (transformers cuts the prompt at
+  // its strip()), so trailing whitespace is sent to no one; the splice drops it from the
+  // continuation's first text if the model writes it again (see GenerationSplice.tail).
+  text = text.trimEnd();
   const messages = [...(body.messages as Record<string, unknown>[])];
   const last = messages[messages.length - 1]!;
   // A client that itself asked to continue its final assistant message: the answer so far extends that message.
@@ -137,6 +141,34 @@ export interface Continued {
   reason: string;
 }
 
+interface Choice {
+  index?: number;
+  delta?: { role?: unknown; content?: unknown; tool_calls?: unknown; reasoning_content?: unknown; reasoning?: unknown; refusal?: unknown };
+  text?: unknown;
+  finish_reason?: unknown;
+}
+
+/** finish_reason values that say the server gave up on the answer rather than finished it. */
+const ABANDONED = new Set(['abort', 'error']);
+
+const nonEmpty = (value: unknown) => value !== undefined && value !== null && value !== '' && !(Array.isArray(value) && value.length === 0);
+
+/**
+ * Whether a chunk's choice carries output (content, reasoning, a tool call, a refusal, or
+ * its end): a stream's first token, for holding it. Reasoning models stream thoughts for
+ * a long time before any content, and that is output too.
+ */
+export function choiceHasOutput(choice: unknown): boolean {
+  if (choice === null || typeof choice !== 'object') return false;
+  const c = choice as Choice;
+  const delta = c.delta !== null && typeof c.delta === 'object' ? c.delta : undefined;
+  return (
+    nonEmpty(c.text) ||
+    nonEmpty(c.finish_reason) ||
+    (delta !== undefined && (nonEmpty(delta.content) || nonEmpty(delta.reasoning_content) || nonEmpty(delta.reasoning) || nonEmpty(delta.tool_calls) || nonEmpty(delta.refusal)))
+  );
+}
+
 interface Usage {
   prompt_tokens?: number;
   completion_tokens?: number;
@@ -149,7 +181,7 @@ interface Chunk {
   object?: unknown;
   model?: unknown;
   error?: unknown;
-  choices?: { index?: number; delta?: { role?: unknown; content?: unknown; tool_calls?: unknown }; text?: unknown; finish_reason?: unknown }[];
+  choices?: unknown[];
   usage?: Usage | null;
   understudy?: unknown;
 }
@@ -185,7 +217,15 @@ export class GenerationSplice {
   private created: unknown;
   private object: unknown;
   private model: unknown;
-  /** The current part sent its final chunk (a finish_reason). */
+  /** Choice indexes seen in the current part, and those that sent their final chunk. */
+  private readonly seen = new Set<number>();
+  private readonly ended = new Set<number>();
+  /**
+   * Whitespace at the end of the client's text that the continuation's prefill left out
+   * (templates trim it): dropped from the start of the continuation's text if it comes again.
+   */
+  private tail = '';
+  /** The current part sent the final chunk of every choice it streamed. */
   finished = false;
   /** The current part sent `[DONE]`. */
   done = false;
@@ -208,6 +248,9 @@ export class GenerationSplice {
     this.partUsage = undefined;
     this.finished = false;
     this.done = false;
+    this.seen.clear();
+    this.ended.clear();
+    this.tail = this.generation.kind === 'chat' ? this.text.slice(this.text.trimEnd().length) : '';
   }
 
   /** Whether the stream seen so far is a complete answer (its final chunk or [DONE] came). */
@@ -232,19 +275,41 @@ export class GenerationSplice {
     if (chunk.error !== undefined && chunk.error !== null) return { kind: 'break', reason: `an error event: ${errorText(chunk.error)}`, inBand: true };
 
     const choices = Array.isArray(chunk.choices) ? chunk.choices : [];
+    if (choices.some((choice) => choice === null || typeof choice !== 'object')) return { kind: 'break', reason: 'a malformed chunk (a choice is not an object)', inBand: true };
     let piece: string | undefined;
     let finish = false;
     let roleOnly = false;
-    for (const choice of choices) {
-      if ((choice.index ?? 0) !== 0) {
+    for (const choice of choices as Choice[]) {
+      const index = choice.index ?? 0;
+      this.seen.add(index);
+      const delta = choice.delta !== null && typeof choice.delta === 'object' ? choice.delta : undefined;
+      if (nonEmpty(choice.finish_reason)) {
+        if (ABANDONED.has(String(choice.finish_reason))) return { kind: 'break', reason: `the server gave up on the answer (finish_reason ${String(choice.finish_reason)})`, inBand: true };
+        this.ended.add(index);
+      }
+      if (index !== 0) {
         this.blocked ??= 'it has more than one choice';
         continue;
       }
-      const content = this.generation.kind === 'chat' ? choice.delta?.content : choice.text;
+      const content = this.generation.kind === 'chat' ? delta?.content : choice.text;
       if (typeof content === 'string' && content !== '') piece = content;
-      if (choice.delta?.tool_calls !== undefined && choice.delta.tool_calls !== null) this.blocked ??= 'it calls tools';
-      if (choice.finish_reason !== undefined && choice.finish_reason !== null) finish = true;
-      roleOnly = choice.delta?.role !== undefined && piece === undefined && !finish;
+      if (nonEmpty(delta?.tool_calls)) this.blocked ??= 'it calls tools';
+      if (nonEmpty(delta?.reasoning_content) || nonEmpty(delta?.reasoning)) this.blocked ??= 'it streams reasoning, which a continuation cannot carry';
+      if (nonEmpty(delta?.refusal)) this.blocked ??= 'it is a refusal';
+      if (nonEmpty(choice.finish_reason)) finish = true;
+      roleOnly = delta?.role !== undefined && piece === undefined && !finish;
+    }
+    if (piece !== undefined && this.tail !== '') {
+      // The model wrote again the whitespace the client has already: drop it once.
+      const before = piece;
+      let common = 0;
+      while (common < this.tail.length && common < piece.length && this.tail[common] === piece[common]) common += 1;
+      piece = piece.slice(common);
+      this.tail = common === this.tail.length || common < before.length ? '' : this.tail.slice(common);
+      const choice = (choices as Choice[]).find((c) => (c.index ?? 0) === 0)!;
+      if (this.generation.kind === 'chat') choice.delta!.content = piece;
+      else choice.text = piece;
+      if (piece === '') piece = undefined;
     }
     if (piece !== undefined) {
       this.text += piece;
@@ -252,7 +317,8 @@ export class GenerationSplice {
       this.partProduced += 1;
       if (this.text.length > this.keepChars) this.blocked ??= 'its text grew past streams.keepText';
     }
-    if (finish) this.finished = true;
+    // Whole when every choice seen has ended (n > 1 streams its choices side by side).
+    if (finish || this.ended.size > 0) this.finished = [...this.seen].every((index) => this.ended.has(index));
     if (chunk.usage) this.partUsage = chunk.usage;
 
     if (this.part === 0) {
@@ -262,12 +328,13 @@ export class GenerationSplice {
       this.model = chunk.model ?? this.model;
       return { kind: 'write', text: event.raw };
     }
-    // A continuation: the client has had its role chunk already.
+    // A continuation: the client has had its role chunk already, and needs no chunk whose text was all dropped.
     if (roleOnly && choices.length === 1) return { kind: 'write', text: '' };
+    if (piece === undefined && !finish && !chunk.usage && choices.length === 1 && !choiceHasOutput(choices[0])) return { kind: 'write', text: '' };
     this.model = chunk.model ?? this.model;
     if (this.id !== undefined) chunk.id = this.id;
     if (this.created !== undefined) chunk.created = this.created;
-    for (const choice of choices) if (choice.delta && 'role' in choice.delta) delete choice.delta.role;
+    for (const choice of choices as Choice[]) if (choice.delta !== null && typeof choice.delta === 'object' && 'role' in choice.delta) delete choice.delta.role;
     if (finish) chunk.understudy = { continued: this.continued };
     if (chunk.usage) {
       const summed = this.summedUsage(chunk.usage);

@@ -12,7 +12,7 @@ import {
   type StreamHead,
   type Vetted,
 } from './exchange.js';
-import { continuationBody, GenerationSplice, streamError, type Generation } from './generation.js';
+import { choiceHasOutput, continuationBody, GenerationSplice, streamError, type Generation } from './generation.js';
 import { FrameDecoder, FrameError, RESUME_HEADER, SEGMENTS_HEADER, SegmentSplice, type Frame } from './segments.js';
 import { SseDecoder, type SseEvent } from './sse.js';
 import type { Attempt, Upstreams } from './types.js';
@@ -65,22 +65,19 @@ interface Head<T> extends StreamHead {
 type GenerationHead = Head<SseEvent> & { kind: 'generation' };
 type SegmentsHead = Head<Frame> & { kind: 'segments' };
 
-/** What a first event says: a token (or the end) came, an error came, or keep waiting. */
+/** What a first event says: output (or the end) came, an error came, or keep waiting. */
 function firstOfEvent(event: SseEvent): 'token' | 'error' | 'wait' {
   if (event.data === '') return 'wait';
   if (event.data === '[DONE]') return 'token';
   if (event.event === 'error') return 'error';
-  let chunk: { error?: unknown; choices?: { delta?: { content?: unknown }; text?: unknown; finish_reason?: unknown }[]; usage?: unknown };
+  let chunk: { error?: unknown; choices?: unknown; usage?: unknown };
   try {
     chunk = JSON.parse(event.data) as typeof chunk;
   } catch {
     return 'error';
   }
   if (chunk === null || typeof chunk !== 'object' || (chunk.error !== undefined && chunk.error !== null)) return 'error';
-  for (const choice of chunk.choices ?? []) {
-    const content = choice.delta?.content ?? choice.text;
-    if ((typeof content === 'string' && content !== '') || (choice.finish_reason !== undefined && choice.finish_reason !== null)) return 'token';
-  }
+  if (Array.isArray(chunk.choices) && chunk.choices.some(choiceHasOutput)) return 'token';
   return chunk.usage ? 'token' : 'wait';
 }
 
@@ -131,9 +128,12 @@ function describe(item: unknown): string {
 }
 
 /** `vet` for a streamed generation: an event stream is held until its first token; anything else passes as it is. */
-export function vetGeneration(firstTokenMs: number): NonNullable<ExchangeOptions['vet']> {
+export function vetGeneration(firstTokenMs: number, continuation = false): NonNullable<ExchangeOptions['vet']> {
   return async (response, attempt, sentAt): Promise<Vetted> => {
-    if (!String(response.headers['content-type'] ?? '').includes('text/event-stream')) return { ok: true };
+    if (!String(response.headers['content-type'] ?? '').includes('text/event-stream')) {
+      // A continuation must be a stream to be spliced in; an instance that answers otherwise cannot take one.
+      return continuation ? { ok: false, class: 'cannot-take', outcome: 'bad-request', detail: 'it did not answer the continuation with a stream' } : { ok: true };
+    }
     const decoder = new SseDecoder();
     const reader = new StreamReader(response.body, (chunk) => decoder.push(chunk));
     const held = await holdUntilFirstToken(reader, firstOfEvent, attempt, sentAt, firstTokenMs);
@@ -207,11 +207,30 @@ type PartEnd = { how: 'complete' } | { how: 'break'; reason: string; inBand: boo
 
 /** Passes a held stream on, and continues it on other instances each time it breaks. */
 export async function relayResumable(x: ResumeContext, first: OkAnswer, generation: Generation | undefined): Promise<Relayed> {
-  const config = x.upstreams.config;
   const kind = (first.stream as Head<unknown>).kind;
-  const splice = kind === 'generation' ? new GenerationSplice(generation!, config.streams.keepText, first.instance) : new SegmentSplice(first.instance);
-  let answer = first;
-  let attempts = first.attempts;
+  const splice = kind === 'generation' ? new GenerationSplice(generation!, x.upstreams.config.streams.keepText, first.instance) : new SegmentSplice(first.instance);
+  const current = { answer: first, attempts: first.attempts, continuations: 0 };
+  try {
+    return await relay(x, current, splice, kind, generation);
+  } catch (error) {
+    // A bug, or a chunk no rule foresaw: the attempt still ends, and the client sees a cut, never a hang.
+    const { answer } = current;
+    answer.finish(error as Error, 'error');
+    answer.body.destroy();
+    return cut(x, answer.instance, current.attempts, current.continuations, `the stream from ${answer.instance} could not be relayed: ${(error as Error).message}`, kind, splice);
+  }
+}
+
+async function relay(
+  x: ResumeContext,
+  current: { answer: OkAnswer; attempts: number; continuations: number },
+  splice: GenerationSplice | SegmentSplice,
+  kind: 'generation' | 'segments',
+  generation: Generation | undefined,
+): Promise<Relayed> {
+  const config = x.upstreams.config;
+  let answer = current.answer;
+  let attempts = current.attempts;
   let continuations = 0;
   const refused = new Set<string>();
   for (;;) {
@@ -261,6 +280,8 @@ export async function relayResumable(x: ResumeContext, first: OkAnswer, generati
       return cut(x, answer.instance, attempts, continuations, `${reason}; ${next.instance} did not answer the continuation with a stream`, kind, splice);
     }
     continuations += 1;
+    current.attempts = attempts;
+    current.continuations = continuations;
     const at = splice instanceof GenerationSplice ? { atChars: splice.text.length, atTokens: splice.produced } : { atSegment: splice.next };
     splice.startPart(next.instance, reason);
     x.hooks.onEvent?.(
@@ -269,6 +290,7 @@ export async function relayResumable(x: ResumeContext, first: OkAnswer, generati
       x.requestId,
     );
     answer = next;
+    current.answer = next;
   }
 }
 
@@ -299,7 +321,7 @@ function cut(
 }
 
 /** Asks the best other instance for the rest of the answer. */
-function continueElsewhere(x: ResumeContext, splice: GenerationSplice | SegmentSplice, refused: ReadonlySet<string>, broken: string): Promise<Answer> {
+function continueElsewhere(x: ResumeContext, splice: GenerationSplice | SegmentSplice, refused: Set<string>, broken: string): Promise<Answer> {
   const config = x.upstreams.config;
   const headers = { ...x.outgoing.headers };
   delete headers['content-length'];
@@ -308,7 +330,7 @@ function continueElsewhere(x: ResumeContext, splice: GenerationSplice | SegmentS
   const options: ExchangeOptions = { exclude: refused, avoid: [broken], deadline: x.deadline, headersTimeout: firstToken, continuation: true, queueFor: config.timeouts.idle };
   if (splice instanceof GenerationSplice) {
     const { generation, text, produced } = splice;
-    options.vet = vetGeneration(firstToken);
+    options.vet = vetGeneration(firstToken, true);
     options.prepare = async (attempt) => {
       const shape = generation.kind === 'completions' ? 'completions' : await attempt.prefill();
       if (shape === 'none') return undefined;

@@ -76,9 +76,9 @@ export function decideRetry(input: RetryInput, config: RetryConfig): RetryDecisi
   const left = config.attempts - counted;
   const answered = last.status !== undefined;
   const giveUp = (reason: string): RetryDecision => (answered ? { action: 'pass', reason } : { action: 'fail', reason });
-  if (!input.resendable && last.class !== 'context-length' && last.class !== 'client-error') {
-    return giveUp('the request body streamed through once and cannot be sent again');
-  }
+  if (!input.resendable) return giveUp('the request body streamed through once and cannot be sent again');
+  // Free classes do not use up attempts; this bounds a request that meets them in turn (a 429 here, a context-length error there).
+  if (history.length >= config.attempts + MAX_REFUSED * 2) return giveUp(`${history.length} tries`);
 
   switch (last.class) {
     case 'refused': {

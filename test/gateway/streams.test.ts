@@ -164,6 +164,15 @@ instances:
     await gateway.event((e) => e.type === 'stream-cut');
   });
 
+  it('a reasoning stream that breaks is cut, not continued: a prefill cannot carry the thoughts', async () => {
+    const { gateway, primary, standby } = await pair('', { tokenDelayMs: 5, reasoningTokens: 5 });
+    await primary.fault({ mode: 'cut', after: 4, times: 1 });
+    const read = await chat(gateway.url);
+    expect([read.done, read.errors[0]?.error.code]).toEqual([0, 'STREAM_CUT']);
+    expect(read.errors[0]!.error.message).toMatch(/reasoning/);
+    expect(await standby.log()).toEqual([]);
+  });
+
   it('an instance declared prefill: none is never sent a continuation', async () => {
     const { gateway, primary, standby } = await pair('timeouts: { idle: 1s }', { tokenDelayMs: 10 }, {}, ', capabilities: { prefill: none }');
     const read = await chat(gateway.url, {}, (n) => n === 8 && primary.kill('SIGKILL'));
@@ -182,6 +191,15 @@ describe('before the first token', () => {
     expect(read.text).toBe(expected(30));
     expect(read.final!.understudy).toBeUndefined();
     expect(read.headers.get('x-understudy-instance')).toBe('standby');
+  });
+
+  it('a reasoning model that thinks longer than timeouts.firstToken is not timed out: its thoughts are output', async () => {
+    const { gateway } = await pair('timeouts: { firstToken: 300ms }', { tokenDelayMs: 40, reasoningTokens: 20 }, { tokenDelayMs: 40, reasoningTokens: 20 });
+    const read = await chat(gateway.url, { max_tokens: 3 });
+    expect(shape(read)).toEqual(ONE_ANSWER);
+    expect(read.headers.get('x-understudy-instance')).toBe('primary');
+    expect(read.chunks.filter((c) => c.choices?.[0]?.delta?.reasoning_content)).toHaveLength(20);
+    expect(read.text).toBe(expected(3));
   });
 
   it('a 200 whose stream begins with an error event is a failed attempt: the standby answers', async () => {

@@ -45,6 +45,7 @@ describe('the retry policy with the shipped defaults', () => {
     ['no other can take it: give up', [on(A, 'cannot-take')], { others: [] }, 'fail'],
     ['a body that streamed through once is never sent again', [on(A, 'broken')], { resendable: false }, 'fail'],
     ['an answer to a body sent once is passed on', [s500()], { resendable: false }, 'pass'],
+    ['a context-length error for a body sent once is passed on, not sent elsewhere empty', [on(A, 'context-length', { status: 400 })], { resendable: false, larger: true }, 'pass'],
   ] as const)('%s', (_name, history, over, action) => {
     expect(decide([...history], over).action).toBe(action);
   });
@@ -97,5 +98,18 @@ describe('status classes', () => {
     expect(retryAfterMs('Sat, 05 Dec 2026 11:00:00 GMT', now)).toBe(0);
     expect(retryAfterMs('soon', now)).toBeUndefined();
     expect(retryAfterMs(undefined, now)).toBeUndefined();
+  });
+});
+
+describe('bounds', () => {
+  it('a request that meets free failures in turn (context length here, 429 there) ends', () => {
+    const history: FailedAttempt[] = [];
+    let decision = decide([on(A, 'context-length', { status: 400 })], { larger: true });
+    for (let i = 0; i < 100 && decision.action === 'elsewhere'; i++) {
+      history.push(i % 2 === 0 ? on(A, 'context-length', { status: 400 }) : s429(B, 5000));
+      decision = decide(history, { larger: true, others: [i % 2 === 0 ? B : A] });
+    }
+    expect(decision.action).not.toBe('elsewhere');
+    expect(history.length).toBeLessThanOrEqual(defaults.attempts + 20);
   });
 });

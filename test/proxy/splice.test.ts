@@ -152,6 +152,35 @@ describe('GenerationSplice', () => {
     const tools = new GenerationSplice(chat, 1000, 'primary');
     tools.accept(event(chunk('first', { tool_calls: [{ index: 0, function: { arguments: '{' } }] })));
     expect(tools.blocked).toBe('it calls tools');
+    const thinking = new GenerationSplice(chat, 1000, 'primary');
+    thinking.accept(event(chunk('first', { reasoning_content: 'Let me think' })));
+    expect(thinking.blocked).toMatch(/reasoning/);
+    expect(new GenerationSplice(chat, 1000, 'primary').accept(event({ choices: [null] }))).toMatchObject({ kind: 'break', inBand: true });
+    expect(new GenerationSplice(chat, 1000, 'primary').accept(event(chunk('first', {}, 'abort')))).toMatchObject({ kind: 'break', inBand: true });
+  });
+
+  it('drops whitespace the continuation writes again after a prefill that templates trimmed, and no more', () => {
+    const splice = new GenerationSplice(chat, 1 << 20, 'primary');
+    for (const piece of ['Title', ':\n\n']) splice.accept(event(chunk('first', { content: piece })));
+    splice.startPart('hot', 'reset');
+    const texts = ['\n', '\nBody', ' text'].map((piece) => {
+      const verdict = splice.accept(event(chunk('second', { content: piece })));
+      return verdict.kind === 'write' && verdict.text !== '' ? JSON.parse(verdict.text.slice(6)).choices[0].delta.content : null;
+    });
+    expect(texts).toEqual([null, 'Body', ' text']);
+    expect(splice.text).toBe('Title:\n\nBody text');
+  });
+
+  it('with several choices, is whole only when every choice has ended', () => {
+    const n2 = describeRequest('POST', '/v1/chat/completions', Buffer.from(JSON.stringify({ model: 'm', stream: true, n: 2, messages: [{ role: 'user', content: 'hi' }] }))).generation!;
+    const splice = new GenerationSplice(n2, 1000, 'primary');
+    const choice = (index: number, finish: string | null) => event({ id: 'x', choices: [{ index, delta: { content: 'a' }, finish_reason: finish }] });
+    splice.accept(choice(0, null));
+    splice.accept(choice(1, null));
+    splice.accept(choice(0, 'stop'));
+    expect(splice.complete).toBe(false);
+    splice.accept(choice(1, 'stop'));
+    expect(splice.complete).toBe(true);
   });
 });
 
@@ -164,7 +193,8 @@ describe('continuation requests', () => {
     expect(asked(continuationBody(generation({}), 'one two ', 2, 'continue-final-message'))).toEqual({
       ...body,
       max_tokens: 8,
-      messages: [...body.messages, { role: 'assistant', content: 'one two ' }],
+      // Templates trim the message they continue, so the trailing space is not sent.
+      messages: [...body.messages, { role: 'assistant', content: 'one two' }],
       continue_final_message: true,
       add_generation_prompt: false,
     });
@@ -173,10 +203,10 @@ describe('continuation requests', () => {
   it('llama.cpp shape: the final assistant message alone; a client prefill is extended, not doubled', () => {
     expect(asked(continuationBody(generation({ max_tokens: undefined, max_completion_tokens: 5 }), 'x ', 1, 'assistant-prefill'))).toMatchObject({
       max_completion_tokens: 4,
-      messages: [...body.messages, { role: 'assistant', content: 'x ' }],
+      messages: [...body.messages, { role: 'assistant', content: 'x' }],
     });
     const prefilled = generation({ messages: [...body.messages, { role: 'assistant', content: 'Sure: ' }] });
-    expect(asked(continuationBody(prefilled, 'x ', 1, 'assistant-prefill')).messages).toEqual([...body.messages, { role: 'assistant', content: 'Sure: x ' }]);
+    expect(asked(continuationBody(prefilled, 'x ', 1, 'assistant-prefill')).messages).toEqual([...body.messages, { role: 'assistant', content: 'Sure: x' }]);
   });
 
   it('completions: the prompt with the text so far', () => {

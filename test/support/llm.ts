@@ -38,6 +38,8 @@ export interface LlmServerOptions {
   loadDelayMs?: number;
   modelVersion?: string;
   fault?: LlmFault;
+  /** A reasoning model: chat answers stream this many delta.reasoning_content chunks first. */
+  reasoningTokens?: number;
   port?: number;
   startTimeoutMs?: number;
 }
@@ -81,6 +83,7 @@ function toArgs(o: LlmServerOptions): string[] {
     ['--load-delay', o.loadDelayMs],
     ['--model-version', o.modelVersion],
     ['--fault', o.fault && JSON.stringify(o.fault)],
+    ['--reasoning-tokens', o.reasoningTokens],
   ];
   return flags.flatMap(([flag, value]) => (value === undefined ? [] : [flag, String(value)]));
 }
