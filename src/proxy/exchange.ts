@@ -97,6 +97,8 @@ export type Answer =
 
 /** Bytes of an error answer read to tell a context-length error from another client error. */
 const ERROR_BODY_LIMIT = 64 * 1024;
+/** Bytes of such an answer kept to pass it on whole. */
+const ERROR_BODY_KEEP = 1024 * 1024;
 
 /**
  * Sends a request to the service, retrying (per the service's retry policy, see
@@ -237,9 +239,11 @@ export async function exchange(
     let body: Readable = response.body;
     let failure = classifyStatus(status);
     if (failure === 'client-error' && mayBeContextLength(status, config.retry)) {
-      const text = await readSome(response.body, ERROR_BODY_LIMIT).catch(() => Buffer.alloc(0));
-      if (isContextLength(text.toString('utf8'), config.retry)) failure = 'context-length';
-      body = Readable.from([text]);
+      const { kept, size } = await readSome(response.body, ERROR_BODY_KEEP).catch(() => ({ kept: Buffer.alloc(0), size: 0 }));
+      if (isContextLength(kept.subarray(0, ERROR_BODY_LIMIT).toString('utf8'), config.retry)) failure = 'context-length';
+      // Passed on as read; an error body too large to keep whole must not claim its full length.
+      if (size > kept.length) delete response.headers['content-length'];
+      body = Readable.from([kept]);
     }
     let stream: StreamHead | undefined;
     if (failure !== undefined) {
@@ -341,14 +345,14 @@ function classOf(outcome: AttemptOutcome): FailureClass {
 }
 
 /** Up to `limit` bytes of a body; the rest is let go. */
-async function readSome(body: Readable, limit: number): Promise<Buffer> {
+async function readSome(body: Readable, limit: number): Promise<{ kept: Buffer; size: number }> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body as AsyncIterable<Buffer>) {
     if (size < limit) chunks.push(chunk.subarray(0, limit - size));
     size += chunk.length;
   }
-  return Buffer.concat(chunks);
+  return { kept: Buffer.concat(chunks), size };
 }
 
 /** The answer of an instance a drill makes fail: the gateway's own, the instance is not asked. */

@@ -100,6 +100,15 @@ describe('LLM errors routed by their meaning, with the shipped defaults', () => 
     expect(await statuses(standby)).toEqual([]);
   });
 
+  it('a large 400 (read to tell whether it is a context-length error) is passed on whole', async () => {
+    const { gateway, primary } = await pair();
+    const body = { error: { message: 'invalid input: '.padEnd(200_000, 'x'), type: 'invalid_request_error' } };
+    await primary.fault({ mode: 'status', status: 400, body, times: 1 });
+    const answer = await ask(gateway);
+    expect([answer.status, answer.text.length]).toEqual([400, JSON.stringify(body).length]);
+    expect(JSON.parse(answer.text)).toEqual(body);
+  });
+
   it('content-policy and other client errors pass through at once, are never failed over and never count against the instance', async () => {
     const { gateway, primary, standby } = await pair();
     const policy = { error: { message: 'Your request was rejected by the safety system.', type: 'invalid_request_error', code: 'content_policy_violation' } };
