@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ProcessRuntimeConfig } from '../config/index.js';
@@ -160,10 +160,16 @@ export interface PidRecord {
   startTime: string | null;
 }
 
-/** SIGTERM to the process group, SIGKILL after the grace period unless it exited first. */
+/**
+ * SIGTERM to the process group, SIGKILL after the grace period unless the whole group
+ * exited first. The leader's exit is not enough: a wrapper script dies at once while the
+ * model server it started is still closing, and a restart would meet it on the port (and
+ * the GPU).
+ */
 async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = once(child, 'exit');
+  const deadline = Date.now() + graceMs;
   const signal = (name: NodeJS.Signals) => {
     try {
       process.kill(-child.pid!, name);
@@ -180,6 +186,7 @@ async function terminate(child: ChildProcess, graceMs: number): Promise<void> {
   } finally {
     clearTimeout(timer);
   }
+  await awaitGroupGone(child.pid!, deadline);
 }
 
 /**
@@ -212,40 +219,54 @@ function startTimeOf(pid: number): string | null {
 
 /** SIGTERM to a process group we are not the parent of, then SIGKILL after the grace period. */
 async function terminateGroup(pid: number, graceMs: number): Promise<void> {
-  const signal = (name: NodeJS.Signals) => {
-    try {
-      process.kill(-pid, name);
-    } catch {
-      // gone
-    }
-  };
+  try {
+    process.kill(-pid, 'SIGCONT');
+    process.kill(-pid, 'SIGTERM');
+  } catch {
+    return; // gone
+  }
+  await awaitGroupGone(pid, Date.now() + graceMs);
+}
+
+/** Waits until no process of group `pgid` is left, sending SIGKILL to the group at `deadline`. */
+async function awaitGroupGone(pgid: number, deadline: number): Promise<void> {
   // The group, not just its leader: forked workers may hold the GPU too.
   const alive = () => {
     try {
-      process.kill(-pid, 0);
-      return !isZombie(pid);
+      process.kill(-pgid, 0);
     } catch {
       return false;
     }
+    return livingMembers(pgid);
   };
-  signal('SIGCONT');
-  signal('SIGTERM');
-  const deadline = Date.now() + graceMs;
-  while (alive() && Date.now() < deadline) await sleep(50);
+  while (alive() && Date.now() < deadline) await sleep(20);
   if (!alive()) return;
-  signal('SIGKILL');
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    return;
+  }
   // A process stuck in the kernel (a hung GPU driver) may never go: give up after 5 s rather than block the start.
   const killed = Date.now() + 5000;
   while (alive() && Date.now() < killed) await sleep(20);
 }
 
-function isZombie(pid: number): boolean {
+/** Whether any process of group `pgid` is alive (a zombie, exited but not yet reaped, is not). */
+function livingMembers(pgid: number): boolean {
+  let pids: string[];
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+    pids = readdirSync('/proc').filter((name) => /^\d+$/.test(name));
   } catch {
-    return true;
+    return true; // no /proc to read: the group answered the signal, so trust that
   }
+  return pids.some((pid) => {
+    try {
+      const fields = statFields(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      return fields[0] !== 'Z' && Number(fields[2]) === pgid;
+    } catch {
+      return false; // gone while we looked
+    }
+  });
 }
 
 function sleep(ms: number): Promise<void> {

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, watch, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -6,13 +7,13 @@ import { ProcessRuntime, StartError } from '../../src/runtime/index.js';
 import { MODEL_SERVER_PATH } from '../support/fixture.js';
 import { freePort } from '../support/ports.js';
 
-function runtime(args: string[], options: { stopGrace?: number; requires?: string[] } = {}) {
+function runtime(args: string[], options: { stopGrace?: number; requires?: string[]; command?: string[] } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'understudy-rt-'));
   const log = path.join(dir, 'logs', 'svc.a.log');
   const rt = new ProcessRuntime(
     {
       type: 'process',
-      command: [process.execPath, MODEL_SERVER_PATH, ...args],
+      command: options.command ?? [process.execPath, MODEL_SERVER_PATH, ...args],
       cwd: dir,
       env: { FIXTURE_MARK: 'from-config' },
       stopGrace: options.stopGrace ?? 5000,
@@ -34,6 +35,13 @@ const alive = (pid: number) => {
     return false;
   }
 };
+
+/** The processes of group `pgid` that still run (an exited one that init has not reaped yet does not). */
+const livingInGroup = (pgid: number) =>
+  execFileSync('ps', ['-eo', 'pgid=,stat=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([group, stat]) => Number(group) === pgid && !stat!.startsWith('Z'));
 
 describe('process runtime', () => {
   it('stops a model server that ignores SIGTERM with SIGKILL after the grace period', async () => {
@@ -144,6 +152,18 @@ describe('process runtime', () => {
     );
     await expect(rt.start()).rejects.toThrow(/could not run \/no\/such\/program: spawn \/no\/such\/program ENOENT/);
   });
+
+  it('a stop returns only once the whole group is gone, not when a wrapper shell exits before its server', async () => {
+    const port = await freePort();
+    // The shell dies of SIGTERM at once; the model server under it ignores SIGTERM.
+    const server = [process.execPath, MODEL_SERVER_PATH, '--port', String(port), '--ignore-sigterm'].join(' ');
+    const { rt, log } = runtime([], { stopGrace: 400, command: ['sh', '-c', `${server}; echo server exited`] });
+    await rt.start();
+    const group = rt.pid!;
+    await fileContains(log, `listening ${port}`);
+    await rt.stop();
+    expect(livingInGroup(group)).toEqual([]);
+  }, 15_000);
 
   it('stops a SIGSTOPped server (SIGCONT first, so SIGTERM can act)', async () => {
     const { rt } = runtime(['--port', String(await freePort())], { stopGrace: 10_000 });
