@@ -14,9 +14,11 @@ import { tokenMatches } from './token.js';
 const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed', 'cancelled']);
 
 /**
- * The admin API. Everything but `/healthz` and `/metrics` needs the bearer token;
- * it listens on 127.0.0.1 unless configured otherwise.
+ * The admin API. Everything but `/healthz`, `/healthz/vip` and `/metrics` needs the
+ * bearer token; it listens on 127.0.0.1 unless configured otherwise.
  *
+ *   GET  /healthz/vip                                    200 when this node should hold a virtual IP
+ *                                                        (it runs and serves every service), else 503
  *   GET  /v1/status                                      services, instances, active
  *   GET  /v1/events?service=&type=&since=10m&limit=      the event timeline
  *   POST /v1/services/:service/switchover   {"to"?}      move traffic on purpose
@@ -85,6 +87,10 @@ export class AdminServer {
     const url = new URL(req.url ?? '/', 'http://admin');
     const route = `${req.method} ${url.pathname}`;
     if (route === 'GET /healthz') return send(res, 200, { status: 'ok' });
+    if (route === 'GET /healthz/vip') {
+      const { ok, reason } = this.app.canServe();
+      return send(res, ok ? 200 : 503, { hold: ok, reason });
+    }
     if (route === 'GET /metrics') {
       const registry = this.app.metrics.registry;
       const text = await registry.metrics();

@@ -129,6 +129,18 @@ export class Understudy {
     return [...this.services.values()].map((service) => service.view());
   }
 
+  /**
+   * Whether this node should hold a virtual IP in front of the gateway (keepalived's
+   * vrrp_script asks through GET /healthz/vip): it runs, and every service has an
+   * instance taking its traffic. A node that can serve nothing gives the address up.
+   */
+  canServe(): { ok: boolean; reason: string } {
+    if (this.lifecycle !== 'running') return { ok: false, reason: `Understudy is ${this.lifecycle}` };
+    const idle = this.status().filter((service) => service.active === null).map((service) => service.name);
+    if (idle.length > 0) return { ok: false, reason: `no instance serves ${idle.join(', ')}` };
+    return { ok: true, reason: `serving ${this.services.size} service${this.services.size === 1 ? '' : 's'}` };
+  }
+
   gatewayAddresses(): { host: string; port: number }[] {
     return this.gateway.addresses();
   }
