@@ -1,5 +1,5 @@
 export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
-export { loadConfigFile, parseConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
+export { loadConfigFile, parseConfig, type ClusterConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
 export type {
   AlertsConfig,
   CapabilitiesConfig,

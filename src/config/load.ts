@@ -6,6 +6,7 @@ import { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 import { faultsAllowed } from './schema.js';
 import {
   configSchema,
+  type ParsedCluster,
   type ParsedConfig,
   type ParsedInstance,
   type ParsedService,
@@ -28,10 +29,22 @@ export interface ServiceConfig extends Omit<ParsedService, 'instances'> {
   instances: InstanceConfig[];
 }
 
+/** A cluster as this node sees it: its own name is known and in `nodes`. */
+export interface ClusterConfig extends Omit<ParsedCluster, 'node' | 'nodes'> {
+  node: string;
+  nodes: Record<string, { url?: string | undefined }>;
+}
+
 /** The compiled configuration: defaults applied, units in ms and bytes, paths absolute. */
-export interface Config extends Omit<ParsedConfig, 'services' | 'backup' | 'docker'> {
+export interface Config extends Omit<ParsedConfig, 'services' | 'backup' | 'docker' | 'cluster'> {
   file: string;
   services: ServiceConfig[];
+  /**
+   * Several nodes coordinated through etcd. This node's overrides (listeners, stateDir)
+   * are applied, and instances of other nodes have an `external` runtime here: this
+   * node only probes and routes to them.
+   */
+  cluster?: ClusterConfig | undefined;
   /** `dir` is absolute: backup.dir, or stateDir/snapshots. */
   backup: ParsedConfig['backup'] & { dir: string };
   docker: { socket: string };
@@ -81,9 +94,9 @@ export function parseConfig(text: string, file: string): Config {
   if (!parsed.success) fail(file, parsed.error.issues.map((issue) => fromZod(issue, locate)));
 
   const config = compile(parsed.data, file);
-  const problems = crossCheck(config).map(({ at, message }) => locate(at, message));
+  const problems = [...crossCheck(config), ...checkCluster(parsed.data, config)].map(({ at, message }) => locate(at, message));
   if (problems.length > 0) fail(file, problems);
-  return config;
+  return asNode(parsed.data, config);
 }
 
 function fail(file: string, issues: ConfigIssue[]): never {
@@ -140,8 +153,9 @@ function compile(parsed: ParsedConfig, file: string): Config {
   });
   const stateDir = path.resolve(dir, parsed.stateDir);
   const dockerHost = process.env.DOCKER_HOST?.startsWith('unix://') ? process.env.DOCKER_HOST.slice('unix://'.length) : undefined;
+  const { cluster: _cluster, ...rest } = parsed;
   return {
-    ...parsed,
+    ...rest,
     file,
     stateDir,
     backup: { ...parsed.backup, dir: path.resolve(stateDir, parsed.backup.dir ?? 'snapshots') },
@@ -171,6 +185,69 @@ function compileInstance(service: string, name: string, raw: ParsedInstance, dir
 interface Problem {
   at: PropertyKey[];
   message: string;
+}
+
+/** This node's name in a cluster: `cluster.node`, else $UNDERSTUDY_NODE. */
+function nodeOf(cluster: ParsedCluster): string | undefined {
+  return cluster.node ?? (process.env.UNDERSTUDY_NODE || undefined);
+}
+
+function checkCluster(parsed: ParsedConfig, config: Config): Problem[] {
+  const problems: Problem[] = [];
+  const cluster = parsed.cluster;
+  if (!cluster) {
+    for (const service of config.services) {
+      for (const instance of service.instances) {
+        if (instance.node !== undefined) {
+          problems.push({ at: ['services', service.name, 'instances', instance.name, 'node'], message: 'names a node, but there is no cluster: section' });
+        }
+      }
+    }
+    return problems;
+  }
+  const nodes = Object.keys(cluster.nodes);
+  if (nodes.length === 0) problems.push({ at: ['cluster', 'nodes'], message: 'name the cluster\'s nodes' });
+  const node = nodeOf(cluster);
+  if (node === undefined) {
+    problems.push({ at: ['cluster', 'node'], message: 'which node is this? set cluster.node, $UNDERSTUDY_NODE or `understudy up --node NAME`' });
+  } else if (!nodes.includes(node)) {
+    problems.push({ at: ['cluster', 'node'], message: `${node} is not one of cluster.nodes (${nodes.join(', ')})` });
+  }
+  for (const service of config.services) {
+    for (const instance of service.instances) {
+      const at = ['services', service.name, 'instances', instance.name, 'node'];
+      if (instance.node === undefined) {
+        if (instance.runtime.type !== 'external') problems.push({ at, message: `which node runs it? set node to one of ${nodes.join(', ')}` });
+      } else if (!nodes.includes(instance.node)) {
+        problems.push({ at, message: `${instance.node} is not one of cluster.nodes (${nodes.join(', ')})` });
+      }
+    }
+  }
+  return problems;
+}
+
+/** The config as this node runs it: its own listeners and stateDir, other nodes' instances only probed. */
+function asNode(parsed: ParsedConfig, config: Config): Config {
+  if (!parsed.cluster) return config;
+  const node = nodeOf(parsed.cluster)!;
+  const own = parsed.cluster.nodes[node]!;
+  const stateDir = own.stateDir === undefined ? config.stateDir : path.resolve(path.dirname(config.file), own.stateDir);
+  const services = config.services.map((service) => ({
+    ...service,
+    instances: service.instances.map((instance) =>
+      instance.node === undefined || instance.node === node ? instance : { ...instance, runtime: { type: 'external' as const } },
+    ),
+  }));
+  const nodes = Object.fromEntries(Object.entries(parsed.cluster.nodes).map(([name, n]) => [name, { url: n.url }]));
+  return {
+    ...config,
+    stateDir,
+    backup: parsed.backup.dir === undefined && own.stateDir !== undefined ? { ...config.backup, dir: path.join(stateDir, 'snapshots') } : config.backup,
+    gateway: own.gateway ?? config.gateway,
+    admin: own.admin ? { ...config.admin, listen: own.admin.listen } : config.admin,
+    cluster: { ...parsed.cluster, node, nodes },
+    services,
+  };
 }
 
 /** Rules that relate fields to each other, checked after each field is valid on its own. */

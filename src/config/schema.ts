@@ -393,8 +393,12 @@ const capabilities = z.strictObject({
   contextWindow: count(1).optional(),
 });
 
+const nodeName = z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'node names use letters, digits, - and _');
+
 const instance = z.strictObject({
   tier,
+  /** In a cluster: the node that runs (supervises) this instance; the others reach it by url. */
+  node: nodeName.optional(),
   /** Order inside a tier: lower is preferred. Default 0. */
   priority: z.number().int().default(0),
   /** Where the instance answers, e.g. http://127.0.0.1:7001. */
@@ -593,6 +597,49 @@ const idempotency = z.strictObject({
   maxResponse: size.default(16 * MiB),
 });
 
+/** Whole seconds (an etcd lease's unit), at least 2. */
+const leaseTtl = positiveDuration.refine((ms) => ms % 1000 === 0 && ms >= 2000, { message: 'must be whole seconds, at least 2s (an etcd lease)' });
+
+const cluster = z.strictObject({
+  /** This node's name; default $UNDERSTUDY_NODE (`understudy up --node NAME` sets it). */
+  node: nodeName.optional(),
+  etcd: z.strictObject({
+    /** Client URLs of the etcd members, e.g. http://10.0.0.1:2379. */
+    endpoints: z.array(httpUrl).min(1, { message: 'name at least one etcd member' }),
+    /** Every key Understudy keeps in etcd starts with this. Default /understudy/. */
+    prefix: z.string().regex(/^\/(?:[A-Za-z0-9._-]+\/)*$/, 'a key prefix like /understudy/ (starts and ends with /)').default('/understudy/'),
+    /** Longest wait for one etcd call. Default 1s. */
+    timeout: positiveDuration.default(1000),
+  }),
+  /**
+   * The leader's lease. A dead leader is replaced after at most this; a leader that
+   * cannot renew its lease stops acting before it runs out. Default 3s.
+   */
+  ttl: leaseTtl.default(3000),
+  /** The job store shared by the nodes. Without it each node keeps jobs in its own SQLite file, and a job does not survive its leader. */
+  postgres: z
+    .strictObject({
+      /** e.g. postgres://understudy@10.0.0.5/understudy (a password in $PGPASSWORD rather than here). */
+      url: z.string().refine((value) => /^postgres(?:ql)?:\/\//.test(value), { message: 'expected a postgres:// URL' }),
+      /** Default understudy. */
+      schema: z.string().regex(/^[a-z_][a-z0-9_]*$/, 'a lower-case SQL name').default('understudy'),
+    })
+    .optional(),
+  /** The cluster's members. Fields here override the top-level ones on that node only (for several nodes on one machine). */
+  nodes: z.record(
+    nodeName,
+    z
+      .strictObject({
+        /** How the other nodes reach this node's admin API, e.g. http://10.0.0.1:9901. */
+        url: httpUrl.optional(),
+        gateway: z.strictObject({ listen: listen('127.0.0.1') }).optional(),
+        admin: z.strictObject({ listen: listen('127.0.0.1') }).optional(),
+        stateDir: z.string().min(1).optional(),
+      })
+      .default({}),
+  ),
+});
+
 export const configSchema = z.strictObject({
   /** Events, instance logs and the admin token. Default `.understudy` next to the config file. */
   stateDir: z.string().min(1).default('.understudy'),
@@ -636,6 +683,8 @@ export const configSchema = z.strictObject({
       socket: z.string().min(1).optional(),
     })
     .default({}),
+  /** Several Understudy nodes coordinated through etcd: see docs/cluster.md. */
+  cluster: cluster.optional(),
   services: z.record(z.string().regex(/^[a-z0-9][a-z0-9_-]*$/i, 'service names use letters, digits, - and _'), service),
 });
 
@@ -658,3 +707,4 @@ export type IdempotencyConfig = z.output<typeof idempotency>;
 export type DrillConfig = z.output<typeof drill>;
 export type AlertsConfig = z.output<typeof alerts>;
 export type CapabilitiesConfig = z.output<typeof capabilities>;
+export type ParsedCluster = z.output<typeof cluster>;
