@@ -4,6 +4,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BackupError } from '../backup/index.js';
+import { ClusterError } from '../cluster/index.js';
 import { parseDuration } from '../config/index.js';
 import { ReleaseError, type Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
@@ -20,6 +21,8 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   GET  /healthz/vip                                    200 when this node should hold a virtual IP
  *                                                        (it runs and serves every service), else 503
  *   GET  /v1/status                                      services, instances, active
+ *   GET  /v1/cluster                                     in a cluster: leader, epoch, members and their views, routing
+ *   POST /v1/cluster/failover               {"to"}       the leader hands leadership to another member (202)
  *   GET  /v1/events?service=&type=&since=10m&limit=      the event timeline
  *   POST /v1/services/:service/switchover   {"to"?}      move traffic on purpose
  *   POST /v1/services/:service/instances/:name/drain     take out of rotation, then stop
@@ -61,6 +64,7 @@ export class AdminServer {
     const server = createServer((req, res) => {
       this.handle(req, res).catch((error: unknown) => {
         if (res.headersSent) res.destroy();
+        else if (error instanceof ClusterError) send(res, error.status, { error: { code: error.code, message: error.message, ...error.details } });
         else send(res, 500, { error: { code: 'INTERNAL', message: String(error) } });
       });
     });
@@ -104,6 +108,13 @@ export class AdminServer {
       return send(res, 200, { services: Object.fromEntries(this.app.status().map((s) => [s.name, s])) });
     }
     if (route === 'GET /v1/events') return this.events(url, res);
+    if (route === 'GET /v1/cluster') return send(res, 200, { cluster: await this.app.clusterView() });
+    if (route === 'POST /v1/cluster/failover') {
+      const { to } = (await readJson(req, 64 * 1024)) as { to?: unknown };
+      if (typeof to !== 'string' || to === '') return send(res, 400, { error: { code: 'BAD_REQUEST', message: 'send {"to": "<node>"}' } });
+      await this.app.clusterFailover(to);
+      return send(res, 202, { cluster: await this.app.clusterView() });
+    }
     if (url.pathname === '/v1/jobs' || url.pathname.startsWith('/v1/jobs/')) {
       try {
         return await this.jobs(req, res, url);
@@ -167,6 +178,8 @@ export class AdminServer {
         if (to !== undefined && typeof to !== 'string') {
           return send(res, 400, { error: { code: 'BAD_FIELD', message: '"to" must be an instance name' } });
         }
+        // In a cluster the leader moves traffic, and every node follows it.
+        this.app.mustLead(`switch ${service.config.name} over`);
         rejected = service.dispatch({ type: 'switchover', to });
       } else if ((verb === 'drain' || verb === 'resume') && instance !== undefined) {
         rejected = service.dispatch({ type: verb, instance: decodeURIComponent(instance) });

@@ -1,3 +1,4 @@
+import type { ClusterView } from '../cluster/index.js';
 import type { JobView } from '../api/index.js';
 import type { DeployView, DrillSummary, ReleaseRecord, ServiceView } from '../controller/index.js';
 import type { UnderstudyEvent } from '../core/index.js';
@@ -106,6 +107,13 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'model-ejected':
     case 'model-restored':
       what = `${event.type} ${event.instance} ${event.model}`;
+      break;
+    case 'leader-changed':
+      what = `${event.node}: leader ${event.leader ?? 'none'}${event.epoch === null ? '' : ` (epoch ${event.epoch})`}`;
+      break;
+    case 'coordination-lost':
+    case 'coordination-restored':
+      what = `${event.node}: ${event.type}`;
       break;
     default:
       what = `${event.type} ${event.instance}`;
@@ -230,4 +238,27 @@ export function formatAlerts(alerts: Omit<Alert, 'event'>[]): string {
       return `${new Date(a.time).toISOString()}  ${a.severity.toUpperCase().padEnd(8)}  ${a.service}  ${a.title} (${delivery})\n    ${a.detail}`;
     })
     .join('\n');
+}
+
+/** `understudy cluster status`: the leader, then a line per member with its age and where it sends each service. */
+export function formatCluster(view: ClusterView): string {
+  const lines = [
+    `leader: ${view.leader ?? 'none'}${view.epoch === null ? '' : `  epoch ${view.epoch}`}${view.url ? `  ${view.url}` : ''}`,
+    `this node: ${view.node}${view.acting ? ' (leads)' : ''}  etcd: ${view.etcd === 'ok' ? 'ok' : `UNREACHABLE (${view.etcdError})`}`,
+    '',
+    'members:',
+  ];
+  const now = Date.now();
+  for (const member of view.members) {
+    const services = Object.entries(member.services).map(([service, active]) => `${service}→${active ?? 'none'}`).join(' ');
+    lines.push(`  ${member.node.padEnd(12)} ${`${Math.round((now - member.at) / 100) / 10}s ago`.padEnd(10)} ${services}`);
+  }
+  if (view.members.length === 0) lines.push('  (none seen)');
+  const routing = Object.entries(view.routing);
+  if (routing.length > 0) {
+    lines.push('', 'routing (from the leader):');
+    for (const [service, r] of routing) lines.push(`  ${service.padEnd(12)} ${r.active ?? 'none'}  (epoch ${r.epoch})`);
+  }
+  for (const [service, why] of Object.entries(view.diverging)) lines.push(`  ! ${service}: ${why}`);
+  return lines.join('\n');
 }

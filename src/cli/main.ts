@@ -3,11 +3,12 @@ import { Command, InvalidArgumentError } from 'commander';
 import { AdminClient, AdminServer, ensureToken, tokenFile } from '../api/index.js';
 import { formatBytes, SnapshotStore, type Manifest, type SnapshotListing, type VerifyReport } from '../backup/index.js';
 import { ConfigError, loadConfigFile, parseDuration, type Config } from '../config/index.js';
+import type { ClusterView } from '../cluster/index.js';
 import { Understudy, type DrillSummary, type ServiceView } from '../controller/index.js';
 import { FAULT_KINDS } from '../drill/index.js';
 import type { Alert } from '../observe/index.js';
 import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
-import { formatAlerts, formatDrill, formatDrills, formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
+import { formatAlerts, formatCluster, formatDrill, formatDrills, formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
 import { jobCommands } from './jobs.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
@@ -16,7 +17,12 @@ const program = new Command()
   .name('understudy')
   .description('Keeps self-hosted AI model services answering when a GPU box, a model process or an upgrade fails.')
   .showHelpAfterError('(run with --help for usage)')
-  .configureHelp({ sortSubcommands: false });
+  .configureHelp({ sortSubcommands: false })
+  .option('--node <name>', 'in a cluster: which node of the config this is ($UNDERSTUDY_NODE); picks its listeners and stateDir')
+  .hook('preAction', (command) => {
+    const node = command.opts<{ node?: string }>().node;
+    if (node !== undefined) process.env.UNDERSTUDY_NODE = node;
+  });
 
 const configOption = ['-c, --config <file>', 'the configuration file ($UNDERSTUDY_CONFIG)', DEFAULT_CONFIG] as const;
 
@@ -60,6 +66,34 @@ program
       'understudy is up',
     );
     process.send?.({ type: 'up', gateway, admin: adminAddress });
+  });
+
+const cluster = program.command('cluster').description('several Understudy nodes coordinated through etcd (docs/cluster.md)');
+
+cluster
+  .command('status')
+  .description('the leader and its epoch, each live member and which instance it sends each service to, and etcd\'s health as this node sees it')
+  .option(...configOption)
+  .option('--json', 'print the raw JSON')
+  .action(async (options: { config: string; json?: boolean }) => {
+    const { cluster: view } = await client(options.config).call<{ cluster: ClusterView }>('GET', '/v1/cluster');
+    console.log(options.json ? JSON.stringify(view, null, 2) : formatCluster(view));
+  });
+
+cluster
+  .command('failover')
+  .description('hand leadership to another node (run it against the leader); the others hold back while that node takes over')
+  .requiredOption('--to <node>', 'the node to lead next')
+  .option(...configOption)
+  .action(async (options: { config: string; to: string }) => {
+    await client(options.config).call('POST', '/v1/cluster/failover', { to: options.to });
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const { cluster: view } = await client(options.config).call<{ cluster: ClusterView }>('GET', '/v1/cluster');
+      if (view.leader === options.to) return console.log(`${options.to} leads the cluster (epoch ${view.epoch})`);
+      if (Date.now() > deadline) throw new Error(`${options.to} did not take over within 30s; see \`understudy cluster status\``);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   });
 
 program

@@ -28,6 +28,8 @@ export class Backups implements DeployBackups {
       services: (name: string) => ServiceController | undefined;
       publish(service: string, event: EventBody): void;
       onError(message: string, error: unknown): void;
+      /** Why this node may not take scheduled snapshots now (in a cluster, only the leader does), or undefined. */
+      notLeader?: () => string | undefined;
     },
   ) {
     this.images = config.backup.registry === undefined ? undefined : new ImageKeeper(config.docker.socket, config.backup.registry);
@@ -49,6 +51,8 @@ export class Backups implements DeployBackups {
       if (backup.schedule) {
         this.schedules.push(
           new Cron(backup.schedule, { protect: true }, () => {
+            // In a cluster every node has the schedule and the leader takes the snapshot.
+            if (this.deps.notLeader?.() !== undefined) return;
             void this.snapshot(service.name, this.versionOf(service.name), 'schedule').catch(() => {});
           }),
         );

@@ -50,6 +50,8 @@ interface DrillDeps {
   clock: Clock;
   publish(service: string, event: EventBody): void;
   onError(message: string, error: unknown): void;
+  /** Why this node may not run a drill now (in a cluster, only the leader does), or undefined. */
+  notLeader?: () => string | undefined;
 }
 
 /** Time the probe traffic runs before the fault, to know the service's normal latency. */
@@ -182,6 +184,8 @@ export class Drills {
       throw new DrillError('BAD_REQUEST', `unknown fault ${JSON.stringify(order.fault)}: use one of ${FAULT_KINDS.join(', ')}`, 400);
     }
     if (this.abort.signal.aborted) throw new DrillError('DRILL_REFUSED', 'Understudy is shutting down', 503);
+    const notLeader = this.deps.notLeader?.();
+    if (notLeader !== undefined) throw new DrillError('DRILL_REFUSED', notLeader, 409);
     if (this.running.has(name)) throw new DrillError('DRILL_RUNNING', `a drill of ${name} is already running`, 409);
     const deploy = this.deps.deploys()?.view(name);
     if (deploy) throw new DrillError('DRILL_REFUSED', `a ${deploy.kind} of ${name} to ${deploy.to} is running; drill after it ends`, 409);
@@ -241,6 +245,8 @@ export class Drills {
   }
 
   private async scheduled(name: string): Promise<void> {
+    // In a cluster every node has the schedule and the leader runs it: the others say nothing.
+    if (this.deps.notLeader?.() !== undefined) return;
     const service = this.deps.services(name)!;
     const kinds = service.config.drill.faults ?? this.faultsFor(service);
     const turn = this.turns.get(name) ?? 0;

@@ -89,6 +89,8 @@ export class ServiceController implements Upstreams {
   private tickTimer: Timer | undefined;
   private readonly stateWatchers = new Set<() => void>();
   private closed = false;
+  private following = false;
+  private followerConfig: ServiceConfig | undefined;
 
   constructor(
     readonly config: ServiceConfig,
@@ -273,11 +275,41 @@ export class ServiceController implements Upstreams {
     return after.version;
   }
 
+  /**
+   * In a cluster, a node that does not lead follows the leader's choice of active
+   * instance: it still fails over at once on its own, but moves traffic back only when
+   * the leader does (failback is the leader's decision, so two nodes do not pick
+   * different instances on purpose).
+   */
+  setFollowing(following: boolean): void {
+    if (this.following === following) return;
+    this.following = following;
+    this.scheduleTick();
+  }
+
+  /** Moves traffic to `instance`, the leader's choice; says why not when it cannot serve here. */
+  follow(instance: string, leader: string): string | undefined {
+    if (this.state.active === instance) return undefined;
+    return this.dispatch({ type: 'switchover', to: instance, reason: `following the leader ${leader}` });
+  }
+
+  /** Calls `listener` after every change of state; returns the unsubscribe. */
+  onChange(listener: () => void): () => void {
+    this.stateWatchers.add(listener);
+    return () => this.stateWatchers.delete(listener);
+  }
+
+  private machineConfig(): ServiceConfig {
+    if (!this.following) return this.config;
+    this.followerConfig ??= { ...this.config, failback: { policy: 'never' } };
+    return this.followerConfig;
+  }
+
   /** Feeds one input to the machine; returns why a command was refused, if it was. */
   dispatch(input: Input, traceId = randomBytes(8).toString('hex')): string | undefined {
     if (this.closed) return 'Understudy is shutting down';
     const now = this.deps.clock.now();
-    const result = step(this.config, this.state, input, now);
+    const result = step(this.machineConfig(), this.state, input, now);
     if (result.rejected !== undefined) return result.rejected;
     const before = this.state;
     this.state = result.state;
@@ -606,7 +638,7 @@ export class ServiceController implements Upstreams {
   private scheduleTick(): void {
     this.tickTimer?.cancel();
     this.tickTimer = undefined;
-    const deadline = nextDeadline(this.config, this.state);
+    const deadline = nextDeadline(this.machineConfig(), this.state);
     if (deadline === undefined) return;
     this.tickTimer = this.deps.clock.setTimeout(() => this.dispatch({ type: 'tick' }), deadline - this.deps.clock.now());
   }

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
+import { ClusterError, ClusterNode, EtcdCoordination, fencedStore, type ClusterView, type LeaderView } from '../cluster/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { Alerter, EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
@@ -35,6 +36,7 @@ export class Understudy {
   private backupKeeper: Backups | undefined;
   private deployer: Deployer | undefined;
   private runner: JobRunner | undefined;
+  private cluster: ClusterNode | undefined;
   private pruneTimer: NodeJS.Timeout | undefined;
   private lifecycle: Lifecycle = 'created';
   private readonly clock: Clock;
@@ -88,6 +90,7 @@ export class Understudy {
       clock,
       publish: (service, event) => this.events.publish({ ...event, service, time: clock.now(), traceId: randomBytes(8).toString('hex') }),
       onError: (message, error) => this.log.error({ err: error }, message),
+      notLeader: () => this.notLeader('run a drill'),
     });
   }
 
@@ -99,8 +102,39 @@ export class Understudy {
 
   /** The job runner; there once Understudy has started. */
   get jobs(): JobRunner {
-    if (!this.runner) throw new JobError('NOT_RUNNING', 'Understudy is not running', 503);
+    if (!this.runner) {
+      if (this.cluster && this.lifecycle === 'running') this.cluster.leadership.mustAct('run jobs');
+      throw new JobError('NOT_RUNNING', 'Understudy is not running', 503);
+    }
     return this.runner;
+  }
+
+  /** In a cluster: who leads, the members, the routing the leader published. */
+  async clusterView(): Promise<ClusterView> {
+    if (!this.cluster) throw new ClusterError('INVALID_INPUT', `${this.config.file} has no cluster: section; this Understudy runs alone`);
+    return this.cluster.fullView();
+  }
+
+  /** In a cluster: hands leadership to `to` (this node must lead). */
+  async clusterFailover(to: string): Promise<void> {
+    if (!this.cluster) throw new ClusterError('INVALID_INPUT', `${this.config.file} has no cluster: section; this Understudy runs alone`);
+    await this.cluster.failover(to);
+  }
+
+  /** Throws ClusterError NOT_LEADER, naming the leader, when this node is in a cluster and may not act now. */
+  mustLead(what: string): void {
+    if (this.cluster) this.cluster.leadership.mustAct(what);
+  }
+
+  /** Why this node may not take a leader's action now, or undefined (always undefined outside a cluster). */
+  private notLeader(what: string): string | undefined {
+    if (!this.cluster) return undefined;
+    try {
+      this.cluster.leadership.mustAct(what);
+      return undefined;
+    } catch (error) {
+      return (error as Error).message;
+    }
   }
 
   /** Deploys and rollbacks; there once Understudy has started. */
@@ -151,7 +185,7 @@ export class Understudy {
     try {
       await this.events.loadHistory();
       // Before any listener: a store that is locked or corrupt stops Understudy here, having changed nothing.
-      const store = await (this.options.store ?? (() => ThreadedJobStore.open(path.join(this.config.stateDir, 'jobs.db'))))();
+      const store = await (this.options.store ?? (() => this.openStore()))();
       this.store = store;
       const { ttl, maxResponse } = this.config.idempotency;
       this.proxyHooks.idempotency = new Idempotency(
@@ -163,7 +197,7 @@ export class Understudy {
         store.pruneReplies(Date.now()).catch((error: unknown) => this.log.warn({ err: error }, 'could not forget expired idempotent replies'));
       }, Math.min(ttl, 3_600_000));
       this.pruneTimer.unref();
-      this.runner = this.createRunner(store);
+      if (!this.config.cluster) this.runner = this.createRunner(store);
       const book = await ReleaseBook.open(path.join(this.config.stateDir, 'releases.json'));
       this.book = book;
       const snapshots = new SnapshotStore(this.config.backup.dir, { clock: this.clock });
@@ -174,6 +208,7 @@ export class Understudy {
         services: (name) => this.services.get(name),
         publish,
         onError: (message, error) => this.log.error({ err: error }, message),
+        notLeader: () => this.notLeader('take a scheduled snapshot'),
       });
       this.deployer = new Deployer({
         services: (name) => this.services.get(name),
@@ -182,7 +217,7 @@ export class Understudy {
         clock: this.clock,
         publish: (service, event) => this.events.publish({ ...event, service, time: this.clock.now(), traceId: randomBytes(8).toString('hex') }),
         onError: (message, error) => this.log.error({ err: error }, message),
-        busy: (service) => this.drills.busy(service),
+        busy: (service) => this.drills.busy(service) ?? this.notLeader(`deploy or roll back ${service}`),
       });
       const changed: { service: string; version: string }[] = [];
       const releases = new Map<string, string>();
@@ -197,8 +232,9 @@ export class Understudy {
       for (const [name, service] of this.services) service.boot(releases.get(name));
       for (const { service, version } of changed) void this.deployChangedConfig(service, version);
       await this.backupKeeper.start();
-      await this.runner.start();
+      await this.runner?.start();
       this.drills.start();
+      if (this.config.cluster) await this.joinCluster(store);
       this.lifecycle = 'running';
     } catch (error) {
       this.lifecycle = 'failed';
@@ -221,6 +257,8 @@ export class Understudy {
       clearInterval(this.pruneTimer);
       // Drills first: each lifts its fault and puts its service back while everything still runs.
       await step('ending drills', () => this.drills.close());
+      // Then leadership, handed over at once (the lease revoked) rather than after the TTL.
+      await step('leaving the cluster', async () => this.cluster?.close());
       // Jobs first: their items in flight are abandoned, to run again at the next start.
       await step('stopping jobs', async () => this.runner?.close());
       // A deploy cut short is not resumed: the next start runs the version last recorded as current.
@@ -236,6 +274,70 @@ export class Understudy {
       this.lifecycle = 'stopped';
     })();
     return this.closing;
+  }
+
+  private async openStore(): Promise<JobStore> {
+    const postgres = this.config.cluster?.postgres;
+    if (!postgres) return ThreadedJobStore.open(path.join(this.config.stateDir, 'jobs.db'));
+    throw new ClusterError('INVALID_INPUT', `cluster.postgres (${postgres.url}) is not supported by this build yet`);
+  }
+
+  /**
+   * Stands in the election and follows the leader's routing. The leader's duties (the
+   * job runner on the fenced store) begin when this node is elected and end when it
+   * stops leading; deploys, drills and scheduled snapshots ask `notLeader` first.
+   */
+  private async joinCluster(store: JobStore): Promise<void> {
+    const cluster = this.config.cluster!;
+    const coordination = new EtcdCoordination({ endpoints: cluster.etcd.endpoints, timeout: cluster.etcd.timeout });
+    const node = new ClusterNode({
+      coordination,
+      prefix: cluster.etcd.prefix,
+      node: cluster.node,
+      url: cluster.nodes[cluster.node]?.url ?? null,
+      ttlMs: cluster.ttl,
+      services: [...this.services.values()].map((service) => ({
+        name: service.config.name,
+        active: () => service.machineState().active,
+        follow: (instance, leader) => service.follow(instance, leader),
+        setFollowing: (following) => service.setFollowing(following),
+        onChange: (listener) => service.onChange(listener),
+      })),
+      duties: {
+        begin: async (epoch) => {
+          await store.raiseFence?.(epoch);
+          const runner = this.createRunner(fencedStore(store, () => node.leadership.epoch() === epoch, cluster.node));
+          try {
+            await runner.start();
+          } catch (error) {
+            await runner.close();
+            throw error;
+          }
+          this.runner = runner;
+        },
+        end: async () => {
+          const runner = this.runner;
+          this.runner = undefined;
+          await runner?.close();
+        },
+      },
+      onLeaderChange: (view, previous, reason) => this.onLeaderChange(view, previous, reason),
+      onError: (message, error) => this.log.warn({ err: error }, message),
+      onCall: (operation, ms, ok) => this.metrics.etcdDuration.observe({ operation, result: ok ? 'ok' : 'error' }, ms / 1000),
+    });
+    this.cluster = node;
+    await node.start();
+  }
+
+  private onLeaderChange(view: LeaderView, previous: LeaderView, reason: string): void {
+    const node = this.config.cluster!.node;
+    const publish = (body: EventBody) => this.events.publish({ ...body, service: '*', time: this.clock.now(), traceId: randomBytes(8).toString('hex') });
+    if (view.etcd !== previous.etcd) {
+      publish(view.etcd === 'ok' ? { type: 'coordination-restored', node, reason } : { type: 'coordination-lost', node, reason: `${reason}; serving on the routing this node has, no leader actions until etcd answers` });
+    }
+    if (view.leader !== previous.leader || view.epoch !== previous.epoch || view.acting !== previous.acting) {
+      publish({ type: 'leader-changed', node, leader: view.leader, previous: previous.leader, epoch: view.epoch, self: view.acting, reason });
+    }
   }
 
   /** version.expect changed in the config since the last start: that is a deploy, once the service serves. */

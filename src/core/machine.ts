@@ -132,7 +132,7 @@ class Run {
           if (instance.state === 'starting') this.fail(instance, input.reason);
         });
       case 'switchover':
-        return this.switchover(input.to);
+        return this.switchover(input.to, input.reason);
       case 'drain':
         return this.withInstance(input.instance, (instance) => this.drain(instance));
       case 'drained':
@@ -401,7 +401,7 @@ class Run {
     }
   }
 
-  private switchover(to: string | undefined): string | undefined {
+  private switchover(to: string | undefined, reason = 'switchover requested'): string | undefined {
     const { state } = this;
     const candidates = routable(state).filter((i) => i.name !== state.active);
     const target = to === undefined ? candidates[0] : state.instances[to];
@@ -412,7 +412,7 @@ class Run {
       const why = target.admitted ? target.state : `serving version ${target.version ?? 'unknown'}`;
       return `${target.name} cannot take the traffic: it is ${why}`;
     }
-    this.move(target, 'switchover', 'switchover requested');
+    this.move(target, 'switchover', reason);
     return undefined;
   }
 

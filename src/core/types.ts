@@ -94,7 +94,8 @@ export type EventBody =
     }
   | SnapshotEventBody
   | DrillEventBody
-  | StreamEventBody;
+  | StreamEventBody
+  | ClusterEventBody;
 
 /** Per (instance, model) health and streams that moved: see docs/streams.md. */
 export type StreamEventBody =
@@ -149,6 +150,14 @@ export type DrillEventBody =
     }
   | { type: 'drill-skipped'; fault: string; reason: string };
 
+/** A cluster's leadership and coordination, published with service "*": see docs/cluster.md. */
+export type ClusterEventBody =
+  /** Who leads changed, as this node saw it (`node` is this node). */
+  | { type: 'leader-changed'; node: string; leader: string | null; previous: string | null; epoch: number | null; self: boolean; reason: string }
+  /** etcd stopped answering this node: it serves on the routing it has, and takes no leader action. */
+  | { type: 'coordination-lost'; node: string; reason: string }
+  | { type: 'coordination-restored'; node: string; reason: string };
+
 /** A snapshot's lifecycle: see docs/recovery.md. */
 export type SnapshotEventBody =
   | { type: 'snapshot-created'; snapshot: string; version: string | null; trigger: string; bytes: number; newBytes: number; reason: string }
@@ -173,7 +182,7 @@ export type Input =
   | { type: 'passive'; instance: string; hard: boolean; reason: string }
   | { type: 'exited'; instance: string; code: number | null; signal: string | null }
   | { type: 'start-failed'; instance: string; reason: string }
-  | { type: 'switchover'; to: string | undefined }
+  | { type: 'switchover'; to: string | undefined; reason?: string }
   | { type: 'drain'; instance: string }
   | { type: 'drained'; instance: string }
   /** Ends maintenance; `start: false` leaves a stopped instance stopped (a cold standby back in its place). */

@@ -20,7 +20,11 @@ export class JobError extends UnderstudyError {
  */
 export class StoreError extends UnderstudyError {
   override name = 'StoreError';
-  constructor(code: 'STORE_LOCKED' | 'STORE_CORRUPT' | 'STORE_FULL' | 'STORE_IO' | 'STORE_CLOSED', message: string, options?: { cause?: unknown }) {
-    super(code, message, code === 'STORE_FULL' || code === 'STORE_IO', options);
+  constructor(
+    code: 'STORE_LOCKED' | 'STORE_CORRUPT' | 'STORE_FULL' | 'STORE_IO' | 'STORE_CLOSED' | 'STORE_FENCED' | 'STORE_UNAVAILABLE',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, code === 'STORE_FULL' || code === 'STORE_IO' || code === 'STORE_UNAVAILABLE', options);
   }
 }

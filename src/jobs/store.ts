@@ -41,5 +41,11 @@ export interface JobStore {
   putReply(scope: string, key: string, reply: StoredReply, now: number): Promise<void>;
   /** Forgets answers that expired before `now`; returns how many. */
   pruneReplies(now: number): Promise<number>;
+  /**
+   * A store shared by the nodes of a cluster: refuses the fenced writes (a job's state,
+   * an item's result, a failed try) of any epoch below `epoch` from now on, after
+   * those in flight. Returns the fence. Stores of one node have none.
+   */
+  raiseFence?(epoch: number): Promise<number>;
   close(): Promise<void>;
 }

@@ -118,9 +118,41 @@ export class Metrics {
     for (const s of STATES) this.instanceState.set({ service, instance, state: s }, s === state ? 1 : 0);
   }
 
+  readonly leader = new Gauge({
+    name: 'understudy_leader',
+    help: 'In a cluster: 1 while this node leads and may act, else 0.',
+    registers: [this.registry],
+  });
+
+  readonly leaderChanges = new Counter({
+    name: 'understudy_leader_changes_total',
+    help: 'In a cluster: changes of the leading node, as this node saw them.',
+    registers: [this.registry],
+  });
+
+  readonly etcdDuration = new Histogram({
+    name: 'understudy_etcd_request_duration_seconds',
+    help: 'In a cluster: etcd calls (grant, keepalive, claim, read, list, put, fenced-put), by result (ok, error).',
+    labelNames: ['operation', 'result'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2],
+    registers: [this.registry],
+  });
+
+  readonly storeDuration = new Histogram({
+    name: 'understudy_job_store_duration_seconds',
+    help: 'Job store operations (PostgreSQL in a cluster), by operation and result (ok, error).',
+    labelNames: ['operation', 'result'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+
   observe(event: UnderstudyEvent): void {
     this.events.inc({ service: event.service, type: event.type });
     if (event.type === 'instance-state') this.instance(event.service, event.instance, event.to);
+    if (event.type === 'leader-changed') {
+      if (event.leader !== event.previous) this.leaderChanges.inc();
+      this.leader.set(event.self ? 1 : 0);
+    }
     if (event.type === 'active-changed') this.failovers.inc({ service: event.service, kind: event.kind });
     if (event.type === 'stream-continued') this.streams.inc({ service: event.service, stream: event.stream, result: 'continued' });
     if (event.type === 'stream-cut') this.streams.inc({ service: event.service, stream: event.stream, result: 'cut' });

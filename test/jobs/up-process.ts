@@ -19,8 +19,8 @@ export interface UpProcess {
   output(): string;
 }
 
-export async function startUp(configFile: string, stateDir: string, timeoutMs = 30_000): Promise<UpProcess> {
-  const proc = fork(CLI, ['up', '-c', configFile], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+export async function startUp(configFile: string, stateDir: string, timeoutMs = 30_000, args: string[] = []): Promise<UpProcess> {
+  const proc = fork(CLI, ['up', '-c', configFile, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
   const output = captureTail([proc.stdout, proc.stderr], 20_000);
   const message = await new Promise<{ admin: { port: number } }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`understudy up did not come up within ${timeoutMs}ms:\n${output()}`)), timeoutMs);

@@ -1,0 +1,6 @@
+export type { Coordination, KeyHolder, LeaseGrant } from './coordination.js';
+export { ClusterError, type ClusterErrorCode } from './errors.js';
+export { EtcdCoordination, type EtcdOptions } from './etcd.js';
+export { fencedStore } from './fenced-store.js';
+export { Leadership, type LeaderView } from './leadership.js';
+export { ClusterNode, type ClusterView, type LeaderDuties, type RoutedService, type Routing } from './node.js';
