@@ -222,6 +222,8 @@ interface InFlight {
 
 /** One job running here: its queue of pending items, the items in flight, and its progress. */
 class JobRun {
+  /** While the store cannot be reached: the next try to go on. */
+  private storeRetry: NodeJS.Timeout | undefined;
   private state: RunState;
   private readonly queue: ItemRecord[];
   /** Items on a model server: each holds one of the job's `concurrency` slots. */
@@ -284,11 +286,12 @@ class JobRun {
     return this.view();
   }
 
-  async resume(): Promise<JobView> {
+  async resume(why = 'resumed by a person'): Promise<JobView> {
     if (this.state !== 'paused') throw new JobError('JOB_NOT_PAUSED', `job ${this.record.id} is not paused`, 409);
+    clearTimeout(this.storeRetry);
     this.state = 'running';
     try {
-      await this.setState('running', null, 'resumed by a person');
+      await this.setState('running', null, why);
     } catch (error) {
       this.state = 'paused';
       throw error;
@@ -329,6 +332,7 @@ class JobRun {
       return;
     }
     this.state = 'stopped';
+    clearTimeout(this.storeRetry);
     await this.halt('Understudy is stopping');
   }
 
@@ -586,7 +590,12 @@ class JobRun {
     this.options.onError(`job ${this.record.id}: the store failed`, error);
     if (this.state !== 'running') return;
     this.state = 'paused';
-    const reason = `paused because the job store failed: ${message}; fix it, then \`understudy jobs resume ${this.record.id}\``;
+    // A store that cannot be reached (PostgreSQL down) is tried again every second: the job goes on by itself once it answers.
+    const outage = error instanceof StoreError && error.code === 'STORE_UNAVAILABLE';
+    if (outage) this.retryStore();
+    const reason = outage
+      ? `paused because the job store cannot be reached: ${message}; it goes on by itself when the store answers`
+      : `paused because the job store failed: ${message}; fix it, then \`understudy jobs resume ${this.record.id}\``;
     for (const [, waiting] of this.waiting) {
       clearTimeout(waiting.timer);
       this.requeue(waiting.item);
@@ -609,6 +618,15 @@ class JobRun {
       });
       this.notify(true);
     }
+  }
+
+  private retryStore(): void {
+    clearTimeout(this.storeRetry);
+    this.storeRetry = setTimeout(() => {
+      if (this.state !== 'paused') return;
+      this.resume('the job store answers again').catch(() => this.retryStore());
+    }, 1000);
+    this.storeRetry.unref?.();
   }
 
   private maybeFinish(): void {
