@@ -83,7 +83,16 @@ services:
       nodes.delete(node);
     },
     async view(node) {
-      return (await nodes.get(node)!.api<{ cluster: ClusterView }>('GET', '/v1/cluster')).cluster;
+      // A node paused with SIGSTOP never answers: give up after a second.
+      let timer: NodeJS.Timeout | undefined;
+      const slow = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${node} did not answer GET /v1/cluster within 1s`)), 1000);
+      });
+      try {
+        return await Promise.race([nodes.get(node)!.api<{ cluster: ClusterView }>('GET', '/v1/cluster').then((r) => r.cluster), slow]);
+      } finally {
+        clearTimeout(timer);
+      }
     },
     async leader({ besides, timeoutMs = 15_000 } = {}) {
       let found: string | undefined;
