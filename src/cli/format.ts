@@ -253,7 +253,8 @@ export function formatCluster(view: ClusterView): string {
     const services = Object.entries(member.services).map(([service, active]) => `${service}→${active ?? 'none'}`).join(' ');
     lines.push(`  ${member.node.padEnd(12)} ${`${Math.round((now - member.at) / 100) / 10}s ago`.padEnd(10)} ${services}`);
   }
-  if (view.members.length === 0) lines.push('  (none seen)');
+  if (view.membersError !== undefined) lines.push(`  (unknown: ${view.membersError})`);
+  else if (view.members.length === 0) lines.push('  (none seen)');
   const routing = Object.entries(view.routing);
   if (routing.length > 0) {
     lines.push('', 'routing (from the leader):');

@@ -44,18 +44,26 @@ export class EtcdCoordination implements Coordination {
 
   async keepAlive(lease: string): Promise<number> {
     return this.call('renew the lease', async () => {
-      // One request on a keep-alive stream of its own, with the call's deadline.
-      const stream = await this.client.leaseClient.leaseKeepAlive({ deadline: Date.now() + this.options.timeout });
-      try {
-        const response = await new Promise<{ TTL: string }>((resolve, reject) => {
-          stream.on('data', resolve);
-          stream.on('error', reject);
-          stream.write({ ID: lease });
-        });
-        return Number(response.TTL) * 1000;
-      } finally {
-        stream.end();
+      // One request on a keep-alive stream of its own, with the call's deadline. etcd3 does not
+      // retry streams, and picks a member at random: a dead member would fail the renewal, so
+      // each member is tried in turn (a refused connection fails in a millisecond).
+      let lastError: unknown;
+      for (let attempt = 0; attempt < this.options.endpoints.length; attempt++) {
+        const stream = await this.client.leaseClient.leaseKeepAlive({ deadline: Date.now() + this.options.timeout });
+        try {
+          const response = await new Promise<{ TTL: string }>((resolve, reject) => {
+            stream.on('data', resolve);
+            stream.on('error', reject);
+            stream.write({ ID: lease });
+          });
+          return Number(response.TTL) * 1000;
+        } catch (error) {
+          lastError = error;
+        } finally {
+          stream.end();
+        }
       }
+      throw lastError;
     });
   }
 

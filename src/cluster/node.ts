@@ -49,6 +49,8 @@ export interface ClusterView extends LeaderView {
   routing: Record<string, Routing>;
   /** Services whose traffic here goes elsewhere than the leader's choice, and why. */
   diverging: Record<string, string>;
+  /** Why the members could not be read (etcd unreachable). */
+  membersError?: string;
 }
 
 /**
@@ -104,8 +106,13 @@ export class ClusterNode {
   /** The view with every member's entry read from etcd. */
   async fullView(): Promise<ClusterView> {
     const view = this.view();
-    const { entries } = await this.options.coordination.list(`${this.options.prefix}members/`);
-    view.members = [...entries.values()].map((text) => JSON.parse(text) as ClusterView['members'][number]).sort((a, b) => a.node.localeCompare(b.node));
+    try {
+      const { entries } = await this.options.coordination.list(`${this.options.prefix}members/`);
+      view.members = [...entries.values()].map((text) => JSON.parse(text) as ClusterView['members'][number]).sort((a, b) => a.node.localeCompare(b.node));
+    } catch (error) {
+      // etcd away: this node's own view is still worth showing.
+      view.membersError = (error as Error).message;
+    }
     return view;
   }
 

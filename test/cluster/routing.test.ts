@@ -123,4 +123,37 @@ describe.skipIf(!etcdAvailable())('routing from the leader', () => {
       if (!resumed) up.proc.kill('SIGCONT');
     }
   }, 60_000);
+
+  it('etcd losing one member changes nothing; losing its quorum keeps traffic served and refuses leader actions with a reason, until it is back', async () => {
+    const c = (cluster = await makeCluster({ etcd: etcd.endpoints, instances: `${externalInstance('primary', 'primary', primary.url)}${externalInstance('hot', 'hot', hot.url)}` }));
+    await Promise.all(['n1', 'n2', 'n3'].map((node) => c.start(node)));
+    const leader = await c.leader();
+    const other = ['n1', 'n2', 'n3'].find((n) => n !== leader)!;
+    const load = runLoad({ url: `${c.gateways.get(other)}/v1/infer`, method: 'POST', body: '{}', headers: { 'content-type': 'application/json' }, rate: 50, durationMs: 8000, maxRequests: 400, timeoutMs: 10_000 });
+    const changes = async () => (await c.nodes.get(leader)!.api<{ events: unknown[] }>('GET', '/v1/events?type=leader-changed')).events.length;
+    const before = await changes();
+
+    await etcd.kill('m1');
+    // Two members keep a quorum: the same node leads throughout.
+    await new Promise((resolve) => setTimeout(resolve, 2 * 2000));
+    const seen = (await c.nodes.get(leader)!.api<{ events: { reason: string; time: number }[] }>('GET', '/v1/events?type=leader-changed')).events;
+    expect((await c.view(leader)).acting, JSON.stringify(seen.slice(before))).toBe(true);
+    expect(await changes()).toBe(before);
+
+    await etcd.kill('m2');
+    try {
+      await waitUntil(async () => !(await c.view(leader)).acting, { timeoutMs: 8000, what: `${leader} to stop acting without etcd` });
+      const view = await c.view(leader);
+      expect(view.etcd).toBe('unreachable');
+      const refused = await c.nodes.get(leader)!.api('POST', '/v1/services/infer/switchover', { to: 'hot' }).then(() => 'accepted', (e: Error) => e.message);
+      expect(refused).toMatch(/409.*NOT_LEADER/);
+      const events = await c.nodes.get(leader)!.api<{ events: { type: string }[] }>('GET', '/v1/events?type=coordination-lost');
+      expect(events.events.length).toBeGreaterThan(0);
+    } finally {
+      await Promise.all([etcd.start('m1'), etcd.start('m2')]);
+    }
+    await c.leader({ timeoutMs: 15_000 });
+    const run = await load;
+    expect(run.failed, JSON.stringify(run.summary().failures)).toBe(0);
+  }, 60_000);
 });
