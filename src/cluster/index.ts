@@ -1,3 +1,4 @@
+export { PgJobStore, type PgStoreOptions } from './pg-store.js';
 export type { Coordination, KeyHolder, LeaseGrant } from './coordination.js';
 export { ClusterError, type ClusterErrorCode } from './errors.js';
 export { EtcdCoordination, type EtcdOptions } from './etcd.js';

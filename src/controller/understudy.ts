@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
-import { ClusterError, ClusterNode, EtcdCoordination, fencedStore, type ClusterView, type LeaderView } from '../cluster/index.js';
+import { ClusterError, ClusterNode, EtcdCoordination, fencedStore, PgJobStore, type ClusterView, type LeaderView } from '../cluster/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { Alerter, EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
@@ -279,8 +279,11 @@ export class Understudy {
   private async openStore(): Promise<JobStore> {
     const postgres = this.config.cluster?.postgres;
     if (!postgres) return ThreadedJobStore.open(path.join(this.config.stateDir, 'jobs.db'));
-    throw new ClusterError('INVALID_INPUT', `cluster.postgres (${postgres.url}) is not supported by this build yet`);
+    // The epoch of the newest term this node held: PostgreSQL refuses it once a newer leader raised the fence.
+    return PgJobStore.open({ url: postgres.url, schema: postgres.schema, epoch: () => this.lastEpoch });
   }
+
+  private lastEpoch: number | null = null;
 
   /**
    * Stands in the election and follows the leader's routing. The leader's duties (the
@@ -305,6 +308,7 @@ export class Understudy {
       })),
       duties: {
         begin: async (epoch) => {
+          this.lastEpoch = epoch;
           await store.raiseFence?.(epoch);
           const runner = this.createRunner(fencedStore(store, () => node.leadership.epoch() === epoch, cluster.node));
           try {
