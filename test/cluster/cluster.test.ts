@@ -119,4 +119,26 @@ describe.skipIf(!etcdAvailable() || !postgresAvailable())('a cluster of three no
       await client.end();
     }
   }, 90_000);
+
+  it('PostgreSQL stopped mid-job: the job pauses with the reason, traffic is served, and the job goes on by itself once it is back', async () => {
+    const c = await threeNodes();
+    const leader = await c.leader();
+    const up = c.nodes.get(leader)!;
+    const { job } = await up.api<{ job: JobView }>('POST', '/v1/jobs', inferJob(150, { concurrency: 2 }));
+    await waitUntil(async () => (await up.job(job.id)).done >= 20, { timeoutMs: 20_000, what: 'the job under way' });
+
+    await postgres.pause();
+    try {
+      const load = runLoad({ url: `${c.gateways.get(leader)}/v1/infer`, method: 'POST', body: '{}', headers: { 'content-type': 'application/json' }, rate: 50, durationMs: 2000, maxRequests: 100, timeoutMs: 10_000 });
+      await waitUntil(async () => (await up.job(job.id)).state === 'paused', { timeoutMs: 15_000, what: `${job.id} to pause` });
+      expect((await up.job(job.id)).reason).toMatch(/the job store cannot be reached: .*PostgreSQL at 127\.0\.0\.1:\d+\/postgres cannot be reached.*goes on by itself/);
+      const run = await load;
+      expect(run.failed, JSON.stringify(run.summary().failures)).toBe(0);
+    } finally {
+      await postgres.resume();
+    }
+    await waitUntil(async () => (await up.job(job.id)).state === 'succeeded', { timeoutMs: 30_000, what: `${job.id} to go on and finish` });
+    const lines = (await up.text(`/v1/jobs/${job.id}/results`)).trim().split('\n').map((line) => JSON.parse(line) as { index: number });
+    expect(lines.map((line) => line.index)).toEqual(Array.from({ length: 150 }, (_, i) => i));
+  }, 90_000);
 });
