@@ -18,6 +18,8 @@ export interface PgStoreOptions {
   poolSize?: number;
   /** How long to wait for a connection, in ms. Default 2000. */
   connectTimeoutMs?: number;
+  /** Each operation's latency (what it did, in words), for metrics. */
+  onOperation?: (operation: string, ms: number, ok: boolean) => void;
 }
 
 /**
@@ -104,6 +106,7 @@ export class PgJobStore implements JobStore {
     private readonly schema: string,
     private readonly where: string,
     private readonly epoch: () => number | null,
+    private readonly onOperation: PgStoreOptions['onOperation'],
   ) {}
 
   static async open(options: PgStoreOptions): Promise<PgJobStore> {
@@ -113,7 +116,7 @@ export class PgJobStore implements JobStore {
     const pool = new Pool({ connectionString: options.url, max: options.poolSize ?? 8, connectionTimeoutMillis: options.connectTimeoutMs ?? 2000 });
     // An idle client whose server went away must not crash the process: the next query reconnects.
     pool.on('error', () => undefined);
-    const store = new PgJobStore(pool, `"${schema}"`, where, options.epoch ?? (() => null));
+    const store = new PgJobStore(pool, `"${schema}"`, where, options.epoch ?? (() => null), options.onOperation);
     try {
       await store.migrate();
     } catch (error) {
@@ -312,19 +315,25 @@ export class PgJobStore implements JobStore {
 
   private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(what: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
     this.checkOpen();
+    const started = performance.now();
     try {
-      return await this.pool.query<R>(text, values);
+      const result = await this.pool.query<R>(text, values);
+      this.onOperation?.(operationOf(what), performance.now() - started, true);
+      return result;
     } catch (error) {
+      this.onOperation?.(operationOf(what), performance.now() - started, false);
       throw this.failure(error, what);
     }
   }
 
   private async transaction<T>(what: string, fn: (client: Client) => Promise<T>): Promise<T> {
     this.checkOpen();
+    const started = performance.now();
     let client: Client;
     try {
       client = await this.pool.connect();
     } catch (error) {
+      this.onOperation?.(operationOf(what), performance.now() - started, false);
       throw this.failure(error, what);
     }
     let broken = false;
@@ -333,8 +342,10 @@ export class PgJobStore implements JobStore {
       const result = await fn(client);
       // A COMMIT whose answer is lost is an unknown outcome: reported as a failure, never as done.
       await client.query('COMMIT');
+      this.onOperation?.(operationOf(what), performance.now() - started, true);
       return result;
     } catch (error) {
+      this.onOperation?.(operationOf(what), performance.now() - started, false);
       broken = isConnectionError(error);
       if (!broken) await client.query('ROLLBACK').catch(() => undefined);
       throw this.failure(error, what);
@@ -381,6 +392,11 @@ function isConnectionError(error: unknown): boolean {
     code.startsWith('08') ||
     /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message)
   );
+}
+
+/** A metric label from what an operation does: "record the result of item 3" → "record-the-result-of-item". */
+function operationOf(what: string): string {
+  return what.replace(/ \d+$/, '').replace(/[^a-z]+/gi, '-').toLowerCase();
 }
 
 /** host:port/db of a connection URL, without user or password, for messages. */

@@ -280,7 +280,12 @@ export class Understudy {
     const postgres = this.config.cluster?.postgres;
     if (!postgres) return ThreadedJobStore.open(path.join(this.config.stateDir, 'jobs.db'));
     // The epoch of the newest term this node held: PostgreSQL refuses it once a newer leader raised the fence.
-    return PgJobStore.open({ url: postgres.url, schema: postgres.schema, epoch: () => this.lastEpoch });
+    return PgJobStore.open({
+      url: postgres.url,
+      schema: postgres.schema,
+      epoch: () => this.lastEpoch,
+      onOperation: (operation, ms, ok) => this.metrics.storeDuration.observe({ operation, result: ok ? 'ok' : 'error' }, ms / 1000),
+    });
   }
 
   private lastEpoch: number | null = null;

@@ -140,7 +140,7 @@ export class Metrics {
 
   readonly storeDuration = new Histogram({
     name: 'understudy_job_store_duration_seconds',
-    help: 'Job store operations (PostgreSQL in a cluster), by operation and result (ok, error).',
+    help: 'In a cluster: operations of the PostgreSQL job store, by operation (record-the-result-of-item, change-a-job, ...) and result (ok, error).',
     labelNames: ['operation', 'result'] as const,
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
     registers: [this.registry],
