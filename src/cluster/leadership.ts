@@ -60,6 +60,8 @@ export class Leadership {
   private term: Term | null = null;
   private observed: { value: Value; revision: number } | null = null;
   private etcdError: string | null = null;
+  /** Since when (monotonic ms) calls to etcd have failed without one answered; null while they are answered. */
+  private failingSince: number | null = null;
   private timer: NodeJS.Timeout | undefined;
   private guard: NodeJS.Timeout | undefined;
   private unwatch: (() => Promise<void>) | undefined;
@@ -172,7 +174,10 @@ export class Leadership {
         this.running = undefined;
         const again = this.again;
         this.again = false;
-        this.schedule(again ? 0 : this.options.ttlMs / 3);
+        // A round that failed is tried again soon, not a third of the TTL later: an etcd that
+        // is electing a new leader of its own answers again within a second, and the lease
+        // must be renewed before this node's deadline.
+        this.schedule(again ? 0 : this.failingSince !== null ? Math.min(200, this.options.ttlMs / 10) : this.options.ttlMs / 3);
       });
     }, delayMs);
   }
@@ -245,7 +250,12 @@ export class Leadership {
     clearTimeout(this.guard);
     if (!this.term) return;
     const left = this.term.actUntil - this.now();
-    if (left <= 0) return this.demote(`the leader lease was not renewed in time (etcd: ${this.etcdError ?? 'answering slowly'})`);
+    if (left <= 0) {
+      // No renewal answered for the whole TTL: etcd is away as far as this node can tell.
+      this.failingSince ??= this.now();
+      this.etcdError ??= 'no lease renewal was answered in time';
+      return this.demote(`the leader lease was not renewed in time (etcd: ${this.etcdError})`);
+    }
     this.guard = setTimeout(() => this.watchDeadline(), Math.ceil(left));
   }
 
@@ -283,16 +293,27 @@ export class Leadership {
   }
 
   private reachable(): void {
+    this.failingSince = null;
     if (this.etcdError === null) return;
     this.etcdError = null;
     this.options.onChange(this.view(), 'etcd answers again');
   }
 
+  /**
+   * A failed call. etcd is said to be unreachable only once calls have failed for half
+   * the TTL (at most a second): one member dying, or etcd electing its own leader, fails
+   * a call or two and is not worth an event.
+   */
   private unreachable(error: unknown): void {
     const message = (error as Error).message;
-    const first = this.etcdError === null;
+    this.failingSince ??= this.now();
+    if (this.etcdError !== null) {
+      this.etcdError = message;
+      return;
+    }
+    if (this.now() - this.failingSince < Math.min(1000, this.options.ttlMs / 2) && this.running !== undefined) return;
     this.etcdError = message;
-    if (first) this.options.onChange(this.view(), `etcd does not answer: ${message}`);
+    this.options.onChange(this.view(), `etcd does not answer: ${message}`);
   }
 }
 
