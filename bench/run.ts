@@ -12,6 +12,7 @@ import { nodeFloor } from './proxies/node-floor.js';
 import type { ProxyLauncher, ProxyName } from './proxies/types.js';
 import { understudy } from './proxies/understudy.js';
 import { renderMarkdown, saveReport, type BenchReport } from './report.js';
+import { clusterSection, runCluster, type ClusterResult } from './scenarios/cluster.js';
 import { runCold } from './scenarios/cold.js';
 import { runFaults } from './scenarios/faults.js';
 import { runJobs } from './scenarios/jobs.js';
@@ -24,10 +25,10 @@ import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
 const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
-const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback', 'streams'] as const;
+const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback', 'streams', 'cluster'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback,streams]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback,streams,cluster]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -70,8 +71,9 @@ async function bench(options: Options, root: string): Promise<void> {
   if (runs('cold') && !hasUnderstudy) skipped.push('cold standby take-over: needs Understudy');
   if (runs('jobs') && !hasUnderstudy) skipped.push('durable jobs: needs Understudy');
   if (runs('streams') && !hasUnderstudy) skipped.push('streams continued: needs Understudy');
+  if (runs('cluster') && !hasUnderstudy) skipped.push('cluster: needs Understudy');
 
-  const report: BenchReport = {
+  const report: BenchReport & { cluster?: ClusterResult | null } = {
     date: new Date().toISOString(),
     environment: {
       cpu: os.cpus()[0]?.model ?? 'unknown CPU',
@@ -87,9 +89,10 @@ async function bench(options: Options, root: string): Promise<void> {
     snapshot: runs('snapshot') ? await runSnapshot(root) : null,
     rollback: runs('rollback') ? await runRollback(root) : null,
     streams: runs('streams') && hasUnderstudy ? await runStreams(root) : null,
+    cluster: runs('cluster') && hasUnderstudy ? await runCluster(root, skipped) : null,
   };
 
-  const markdown = renderMarkdown(report);
+  const markdown = `${renderMarkdown(report)}${report.cluster ? `\n${clusterSection(report.cluster)}\n` : ''}`;
   process.stdout.write(markdown);
   progress(`saved ${await saveReport(report, markdown, RESULTS_DIR)}`);
 }
