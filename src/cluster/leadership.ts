@@ -253,7 +253,7 @@ export class Leadership {
     if (left <= 0) {
       // No renewal answered for the whole TTL: etcd is away as far as this node can tell.
       this.failingSince ??= this.now();
-      this.etcdError ??= 'no lease renewal was answered in time';
+      this.etcdError ??= 'etcd answered no lease renewal in time';
       return this.demote(`the leader lease was not renewed in time (etcd: ${this.etcdError})`);
     }
     this.guard = setTimeout(() => this.watchDeadline(), Math.ceil(left));

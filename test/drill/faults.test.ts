@@ -91,7 +91,9 @@ describe('drill faults on real processes', () => {
 
     const report = await gateway.app.drills.run({ service: 'infer', fault: 'cold-start' });
     expect(report.passed).toBe(false);
-    expect(report.notes).toEqual(expect.arrayContaining(['the drill did not end within 2000ms', 'the service was put back after the drill ended']));
+    // The deadline passes while the drill waits for the cold standby, or at its end, as the machine's load has it.
+    expect(report.notes.some((note) => /did not (?:end|happen) within 2000ms/.test(note)), report.notes.join('; ')).toBe(true);
+    expect(report.notes).toContain('the service was put back after the drill ended');
     // Back as before: the warm instances serve again, the cold standby is stopped and not held.
     expect(report.after).toEqual(report.before);
     expect(service.machineState().instances.cold).toMatchObject({ state: 'stopped', maintenance: false });
