@@ -80,9 +80,10 @@ describe.skipIf(!etcdAvailable() || !postgresAvailable())('a cluster of three no
     const lines = (await newLeader.text(`/v1/jobs/${job.id}/results`)).trim().split('\n').map((line) => JSON.parse(line) as { index: number; state: string });
     expect(lines.map((line) => line.index)).toEqual(Array.from({ length: 200 }, (_, i) => i));
     expect(lines.every((line) => line.state === 'succeeded')).toBe(true);
-    // Items run twice: at most those in flight on the killed leader.
+    // Items run twice: at most those in flight on the killed leader. With concurrency 2 that is two at
+    // the model servers plus any whose answers were being committed (the runner frees a slot at the answer).
     const twice = [...runsPerItem(record, job.id).values()].filter((runs) => runs > 1).length;
-    expect(twice).toBeLessThanOrEqual(2);
+    expect(twice).toBeLessThanOrEqual(4);
   }, 90_000);
 
   it('a leader paused with SIGSTOP for 2 × TTL writes nothing after it wakes, and no second leader ever acts', async () => {
@@ -114,7 +115,7 @@ describe.skipIf(!etcdAvailable() || !postgresAvailable())('a cluster of three no
       expect(Number(fence.epoch)).toBe(views.find((view) => view.node === next)!.epoch);
       await waitUntil(async () => (await c.nodes.get(next)!.job(job.id)).state === 'succeeded', { timeoutMs: 30_000, what: `${job.id} to finish on ${next}` });
       const twice = [...runsPerItem(record, job.id).values()].filter((runs) => runs > 1).length;
-      expect(twice).toBeLessThanOrEqual(2);
+      expect(twice).toBeLessThanOrEqual(4); // in flight: see above
     } finally {
       await client.end();
     }
