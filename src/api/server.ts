@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BackupError } from '../backup/index.js';
 import { ClusterError } from '../cluster/index.js';
-import { parseDuration } from '../config/index.js';
+import { ConfigError, parseDuration } from '../config/index.js';
 import { ReleaseError, type Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
 import { DrillError, FAULT_KINDS, type FaultKind } from '../drill/index.js';
@@ -23,6 +23,11 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   GET  /v1/status                                      services, instances, active
  *   GET  /v1/cluster                                     in a cluster: leader, epoch, members and their views, routing
  *   POST /v1/cluster/failover               {"to"}       the leader hands leadership to another member (202)
+ *   GET  /v1/config                                      in a cluster: the shared configuration's revision this node runs, the newest, one it refused
+ *   GET  /v1/config/history                              the revisions kept, newest first
+ *   GET  /v1/config/text?revision=                       a revision's YAML (the current one by default)
+ *   POST /v1/config                {"text","ifRevision"?} check as every node reads it, store as the next revision (201)
+ *   POST /v1/config/rollback       {"to","ifRevision"?}   store revision "to" again as the next revision (201)
  *   GET  /v1/events?service=&type=&since=10m&limit=      the event timeline
  *   POST /v1/services/:service/switchover   {"to"?}      move traffic on purpose
  *   POST /v1/services/:service/instances/:name/drain     take out of rotation, then stop
@@ -87,6 +92,32 @@ export class AdminServer {
     });
   }
 
+  private async config(req: IncomingMessage, res: ServerResponse, url: URL, route: string): Promise<void> {
+    const revisionOf = (value: unknown, name: string): number | undefined => {
+      if (value === undefined || value === null || value === '') return undefined;
+      const n = typeof value === 'string' ? Number(value) : value;
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw new ClusterError('INVALID_INPUT', `${name} must be a revision number (0 or more), got ${JSON.stringify(value)}`);
+      return n;
+    };
+    if (route === 'GET /v1/config') return send(res, 200, { config: await this.app.configView() });
+    if (route === 'GET /v1/config/history') return send(res, 200, { revisions: await this.app.sharedConfig().history() });
+    if (route === 'GET /v1/config/text') {
+      return send(res, 200, { config: await this.app.sharedConfig().show(revisionOf(url.searchParams.get('revision'), 'revision')) });
+    }
+    if (route === 'POST /v1/config') {
+      const { text, ifRevision } = (await readJson(req, 4 * 1024 * 1024)) as { text?: unknown; ifRevision?: unknown };
+      if (typeof text !== 'string' || text.trim() === '') return send(res, 400, { error: { code: 'BAD_REQUEST', message: 'send {"text": "<the YAML>"}' } });
+      return send(res, 201, await this.app.configApply(text, { ifRevision: revisionOf(ifRevision, 'ifRevision') }));
+    }
+    if (route === 'POST /v1/config/rollback') {
+      const { to, ifRevision } = (await readJson(req, 64 * 1024)) as { to?: unknown; ifRevision?: unknown };
+      const revision = revisionOf(to, 'to');
+      if (revision === undefined) return send(res, 400, { error: { code: 'BAD_REQUEST', message: 'send {"to": <revision>}' } });
+      return send(res, 201, await this.app.configRollback(revision, { ifRevision: revisionOf(ifRevision, 'ifRevision') }));
+    }
+    return send(res, 404, { error: { code: 'NOT_FOUND', message: `no route ${route}` } });
+  }
+
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin');
     const route = `${req.method} ${url.pathname}`;
@@ -114,6 +145,14 @@ export class AdminServer {
       if (typeof to !== 'string' || to === '') return send(res, 400, { error: { code: 'BAD_REQUEST', message: 'send {"to": "<node>"}' } });
       await this.app.clusterFailover(to);
       return send(res, 202, { cluster: await this.app.clusterView() });
+    }
+    if (url.pathname === '/v1/config' || url.pathname.startsWith('/v1/config/')) {
+      try {
+        return await this.config(req, res, url, route);
+      } catch (error) {
+        if (error instanceof ConfigError) return send(res, 400, { error: { code: 'INVALID_CONFIG', message: error.message, issues: error.issues } });
+        throw error;
+      }
     }
     if (url.pathname === '/v1/jobs' || url.pathname.startsWith('/v1/jobs/')) {
       try {

@@ -115,6 +115,10 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'coordination-restored':
       what = `${event.node}: ${event.type}`;
       break;
+    case 'config-applied':
+    case 'config-refused':
+      what = `${event.node}: ${event.type} revision ${event.revision}`;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }
@@ -251,7 +255,9 @@ export function formatCluster(view: ClusterView): string {
   const now = Date.now();
   for (const member of view.members) {
     const services = Object.entries(member.services).map(([service, active]) => `${service}→${active ?? 'none'}`).join(' ');
-    lines.push(`  ${member.node.padEnd(12)} ${`${Math.round((now - member.at) / 100) / 10}s ago`.padEnd(10)} ${services}`);
+    const c = member.config;
+    const config = !c ? '' : `  config: ${c.revision === null ? 'own file' : `revision ${c.revision}`}${c.pending ? ` (kept; ${c.pending.revision} needs a restart or cannot be read: see config status)` : ''}`;
+    lines.push(`  ${member.node.padEnd(12)} ${`${Math.round((now - member.at) / 100) / 10}s ago`.padEnd(10)} ${services}${config}`);
   }
   if (view.membersError !== undefined) lines.push(`  (unknown: ${view.membersError})`);
   else if (view.members.length === 0) lines.push('  (none seen)');

@@ -4,11 +4,12 @@ import { AdminClient, AdminServer, ensureToken, tokenFile } from '../api/index.j
 import { formatBytes, SnapshotStore, type Manifest, type SnapshotListing, type VerifyReport } from '../backup/index.js';
 import { ConfigError, loadConfigFile, parseDuration, type Config } from '../config/index.js';
 import type { ClusterView } from '../cluster/index.js';
-import { Understudy, type DrillSummary, type ServiceView } from '../controller/index.js';
+import { startingConfig, Understudy, type DrillSummary, type ServiceView } from '../controller/index.js';
 import { FAULT_KINDS } from '../drill/index.js';
 import type { Alert } from '../observe/index.js';
 import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
 import { formatAlerts, formatCluster, formatDrill, formatDrills, formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
+import { configCommands } from './config.js';
 import { jobCommands } from './jobs.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
@@ -35,8 +36,11 @@ program
     '\nOn SIGINT/SIGTERM it stops taking requests, lets in-flight ones finish (10s), and stops the instances it started.\nA second signal exits at once.',
   )
   .action(async (options: { config: string }) => {
-    const config = load(options.config);
-    const app = new Understudy(config);
+    // In a cluster: the shared configuration in etcd, when there is one this node can read.
+    const starting = await startingConfig(load(options.config));
+    const config = starting.config;
+    const app = new Understudy(config, { configRevision: starting.revision });
+    if (config.cluster) app.log.info({ revision: starting.revision }, starting.note);
     const token = ensureToken(config);
     const admin = new AdminServer(app, token);
     const shutdown = async (signal: string) => {
@@ -375,6 +379,7 @@ program
   });
 
 program.addCommand(jobCommands(configOption, client));
+program.addCommand(configCommands(configOption, client));
 
 /**
  * Prints what happens to the service while a drill runs (events newer than `since`, by the

@@ -22,6 +22,12 @@ export interface Coordination {
    * created at `epoch`: a leader that was replaced writes nothing. False when refused.
    */
   fencedPut(fenceKey: string, epoch: number, key: string, value: string | null): Promise<boolean>;
+  /**
+   * Makes every write of `writes` (a null value deletes) in one transaction, only while
+   * `key` was last changed at `modRevision` (0: `key` does not exist). The store's
+   * revision after the writes, or null when `key` had changed.
+   */
+  putIfUnchanged(key: string, modRevision: number, writes: { key: string; value: string | null }[]): Promise<number | null>;
   /** Puts (or, with `value` null, deletes) `key`, on `lease` when given (gone with it). */
   put(key: string, value: string | null, lease?: string): Promise<void>;
   /** Calls `onChange` for each put (value) and delete (null) under `prefix` after `fromRevision`. */
@@ -40,6 +46,8 @@ export interface KeyHolder {
   value: string;
   /** The key's create revision: the epoch of whoever holds it. */
   revision: number;
+  /** The revision of the key's last change. */
+  modRevision: number;
   lease: string;
 }
 

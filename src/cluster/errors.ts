@@ -7,6 +7,8 @@ export type ClusterErrorCode =
   | 'NOT_LEADER'
   /** A write by a leader that was replaced was refused by the store. */
   | 'FENCED'
+  /** A write that expected another state (`config apply --if-revision`): nothing was changed. */
+  | 'CONFLICT'
   /** Bad arguments: the message names what. */
   | 'INVALID_INPUT';
 
@@ -23,6 +25,6 @@ export class ClusterError extends UnderstudyError {
 
   /** The HTTP status the admin API answers with. */
   get status(): number {
-    return this.code === 'INVALID_INPUT' ? 400 : this.code === 'NOT_LEADER' ? 409 : 503;
+    return this.code === 'INVALID_INPUT' ? 400 : this.code === 'NOT_LEADER' || this.code === 'CONFLICT' ? 409 : 503;
   }
 }

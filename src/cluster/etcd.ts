@@ -80,7 +80,10 @@ export class EtcdCoordination implements Coordination {
         .then(this.client.put(key).value(value).lease(lease))
         .else(this.client.get(key))
         .commit();
-      if (result.succeeded) return { won: true, holder: { value, revision: Number(result.header.revision), lease } };
+      if (result.succeeded) {
+        const revision = Number(result.header.revision);
+        return { won: true, holder: { value, revision, modRevision: revision, lease } };
+      }
       const kv = result.responses[0]?.response_range?.kvs[0];
       return { won: false, holder: kv ? holderOf(kv) : null };
     });
@@ -107,6 +110,14 @@ export class EtcdCoordination implements Coordination {
       const write = value === null ? this.client.delete().key(key) : this.client.put(key).value(value);
       const result = await this.client.if(fenceKey, 'Create', '==', epoch).then(write).commit();
       return result.succeeded;
+    });
+  }
+
+  async putIfUnchanged(key: string, modRevision: number, writes: { key: string; value: string | null }[]): Promise<number | null> {
+    return this.call(`write ${key}`, async () => {
+      const ops = writes.map((w) => (w.value === null ? this.client.delete().key(w.key) : this.client.put(w.key).value(w.value)));
+      const result = await this.client.if(key, 'Mod', '==', modRevision).then(...ops).commit();
+      return result.succeeded ? Number(result.header.revision) : null;
     });
   }
 
@@ -169,5 +180,5 @@ export class EtcdCoordination implements Coordination {
 }
 
 function holderOf(kv: IKeyValue): KeyHolder {
-  return { value: kv.value.toString(), revision: Number(kv.create_revision), lease: String(kv.lease) };
+  return { value: kv.value.toString(), revision: Number(kv.create_revision), modRevision: Number(kv.mod_revision), lease: String(kv.lease) };
 }

@@ -33,6 +33,14 @@ export interface ClusterNodeOptions {
   onError: (message: string, error: unknown) => void;
   /** Each etcd call's latency, for metrics. */
   onCall?: (operation: string, ms: number, ok: boolean) => void;
+  /** What this node says of its shared configuration in its member entry (see SharedConfig). */
+  config?: () => MemberConfig;
+}
+
+/** The shared configuration's revision a node runs (null: its own file), and the newer one it could not take up, with why. */
+export interface MemberConfig {
+  revision: number | null;
+  pending?: { revision: number; reason: string } | undefined;
 }
 
 /** What the leader publishes for a service: where its traffic goes. */
@@ -45,7 +53,7 @@ export interface Routing {
 
 export interface ClusterView extends LeaderView {
   node: string;
-  members: { node: string; url: string | null; at: number; services: Record<string, string | null> }[];
+  members: { node: string; url: string | null; at: number; services: Record<string, string | null>; config?: MemberConfig }[];
   routing: Record<string, Routing>;
   /** Services whose traffic here goes elsewhere than the leader's choice, and why. */
   diverging: Record<string, string>;
@@ -247,6 +255,11 @@ export class ClusterNode {
     else this.diverging.set(service.name, `the leader sends traffic to ${routing.active}, which cannot serve here: ${refused}`);
   }
 
+  /** Writes this node's member entry again now (its services, its configuration). */
+  refreshMember(): void {
+    void this.putMember();
+  }
+
   private async putMember(): Promise<void> {
     if (this.closed) return;
     const entry = {
@@ -255,6 +268,7 @@ export class ClusterNode {
       at: Date.now(),
       leader: this.leadership.acting(),
       services: Object.fromEntries(this.options.services.map((s) => [s.name, s.active()])),
+      ...(this.options.config ? { config: this.options.config() } : {}),
     };
     try {
       // On this node's lease: a dead member's entry goes with it. Refreshed every TTL and at each change.
@@ -289,6 +303,7 @@ export class ClusterNode {
       read: wrap('read', coordination.read),
       list: wrap('list', coordination.list),
       fencedPut: wrap('fenced-put', coordination.fencedPut),
+      putIfUnchanged: wrap('put-if-unchanged', coordination.putIfUnchanged),
       put: wrap('put', coordination.put),
       watch: coordination.watch.bind(coordination),
       health: coordination.health.bind(coordination),

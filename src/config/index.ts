@@ -1,5 +1,6 @@
 export { ConfigError, formatIssue, type ConfigIssue } from './errors.js';
 export { loadConfigFile, parseConfig, type ClusterConfig, type Config, type InstanceConfig, type ServiceConfig, type Tier } from './load.js';
+export { diffConfigs, LIVE_INSTANCE_FIELDS, LIVE_SERVICE_FIELDS, type ConfigDiff } from './live.js';
 export type {
   AlertsConfig,
   CapabilitiesConfig,

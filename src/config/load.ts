@@ -72,8 +72,12 @@ export function loadConfigFile(file: string): Config {
   return parseConfig(text, absolute);
 }
 
-/** Parses and checks a configuration; every mistake found is reported at once, with file, line and field. */
-export function parseConfig(text: string, file: string): Config {
+/**
+ * Parses and checks a configuration; every mistake found is reported at once, with file,
+ * line and field. `node` names this node of a cluster over the file's own `cluster.node`
+ * (a configuration shared through etcd is read by every node).
+ */
+export function parseConfig(text: string, file: string, options: { node?: string } = {}): Config {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
   const locate = locator(doc, lines, file);
@@ -93,6 +97,7 @@ export function parseConfig(text: string, file: string): Config {
   const parsed = configSchema.safeParse(doc.toJS(), { reportInput: true });
   if (!parsed.success) fail(file, parsed.error.issues.map((issue) => fromZod(issue, locate)));
 
+  if (options.node !== undefined && parsed.data.cluster) parsed.data.cluster.node = options.node;
   const config = compile(parsed.data, file);
   const problems = [...crossCheck(config), ...checkCluster(parsed.data, config)].map(({ at, message }) => locate(at, message));
   if (problems.length > 0) fail(file, problems);

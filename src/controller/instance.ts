@@ -46,7 +46,8 @@ export class InstanceHandle {
   outcomes: Outcomes = newOutcomes();
 
   constructor(
-    readonly config: InstanceConfig,
+    /** Replaced by a live change of the configuration (probes, capabilities); the process and address never change. */
+    public config: InstanceConfig,
     /** Replaced when a deploy or rollback moves the instance to another version. */
     public runtime: Runtime,
     /** The version this instance's runtime was made for (`${version}` resolved); undefined when none is pinned. */

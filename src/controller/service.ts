@@ -93,9 +93,10 @@ export class ServiceController implements Upstreams {
   private followerConfig: ServiceConfig | undefined;
 
   constructor(
-    readonly config: ServiceConfig,
+    private current: ServiceConfig,
     private readonly deps: ServiceDeps,
   ) {
+    const config = current;
     this.state = initialState(config, deps.clock.now());
     const release = config.version?.expect;
     for (const instance of config.instances) {
@@ -103,6 +104,39 @@ export class ServiceController implements Upstreams {
       this.watchExit(handle);
       this.handles.set(instance.name, handle);
     }
+  }
+
+  /** The service's configuration; `reconfigure` replaces it. */
+  get config(): ServiceConfig {
+    return this.current;
+  }
+
+  /**
+   * Takes up a new configuration of this service whose changes are all live fields
+   * (config/live.ts: policies read per request or per decision, instances' probes and
+   * capabilities). The next request, probe and decision follow it; nothing restarts.
+   */
+  reconfigure(next: ServiceConfig): void {
+    if (next.name !== this.current.name) throw new Error(`cannot reconfigure ${this.current.name} as ${next.name}`);
+    const names = new Set(next.instances.map((i) => i.name));
+    if (names.size !== this.handles.size || [...this.handles.keys()].some((name) => !names.has(name))) {
+      throw new Error(`cannot reconfigure ${next.name}: its instances changed, which needs a restart`);
+    }
+    this.current = next;
+    this.followerConfig = undefined;
+    for (const instance of next.instances) {
+      const handle = this.handles.get(instance.name)!;
+      const probesChanged = JSON.stringify(handle.config.probes) !== JSON.stringify(instance.probes);
+      if (JSON.stringify(handle.config.capabilities) !== JSON.stringify(instance.capabilities)) handle.prefill = undefined;
+      handle.config = instance;
+      handle.passive.configure(next.passive);
+      if (probesChanged) {
+        // A loop keeps the probe it began with: start it again on the new one.
+        handle.probeMode = 'reconfigured';
+        this.scheduleProbes(handle);
+      }
+    }
+    this.scheduleTick();
   }
 
   /** The version the service is pinned to now (a deploy or rollback changes it), or undefined. */

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
-import { ClusterError, ClusterNode, EtcdCoordination, fencedStore, PgJobStore, type ClusterView, type LeaderView } from '../cluster/index.js';
+import { ClusterError, ClusterNode, EtcdCoordination, fencedStore, PgJobStore, SharedConfig, type ClusterView, type LeaderView } from '../cluster/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { Alerter, EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
@@ -12,6 +12,7 @@ import { Deployer } from './deploy.js';
 import { Drills } from './drills.js';
 import { ReleaseBook, ReleaseError } from './releases.js';
 import { ServiceController, type ServiceView } from './service.js';
+import { ConfigKeeper, type ApplyResult, type ConfigView } from './shared-config.js';
 
 type Lifecycle = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
 
@@ -37,15 +38,24 @@ export class Understudy {
   private deployer: Deployer | undefined;
   private runner: JobRunner | undefined;
   private cluster: ClusterNode | undefined;
+  private configKeeper: ConfigKeeper | undefined;
+  private running: Config;
   private pruneTimer: NodeJS.Timeout | undefined;
   private lifecycle: Lifecycle = 'created';
   private readonly clock: Clock;
   private closing: Promise<void> | undefined;
 
   constructor(
-    readonly config: Config,
-    private readonly options: { clock?: Clock; log?: Logger; store?: () => Promise<JobStore> } = {},
+    config: Config,
+    private readonly options: {
+      clock?: Clock;
+      log?: Logger;
+      store?: () => Promise<JobStore>;
+      /** In a cluster: the shared configuration's revision `config` is (see startingConfig); null or absent: the node's own file. */
+      configRevision?: number | null;
+    } = {},
   ) {
+    this.running = config;
     const clock = options.clock ?? systemClock;
     this.clock = clock;
     this.log = options.log ?? createLogger(config.log.level);
@@ -107,6 +117,34 @@ export class Understudy {
       throw new JobError('NOT_RUNNING', 'Understudy is not running', 503);
     }
     return this.runner;
+  }
+
+  /** The configuration this Understudy runs now: its file's, or a revision of the cluster's shared one taken up live. */
+  get config(): Config {
+    return this.running;
+  }
+
+  /** In a cluster: the shared configuration this node runs, the newest stored, one it could not take up. */
+  async configView(): Promise<ConfigView> {
+    return this.sharedConfig().view();
+  }
+
+  /** In a cluster: checks `text` as every node reads it and stores it as the next revision; each node takes it up. */
+  async configApply(text: string, options: { ifRevision?: number } = {}): Promise<ApplyResult> {
+    return this.sharedConfig().apply(text, options);
+  }
+
+  /** In a cluster: stores revision `to` again as the next revision. */
+  async configRollback(to: number, options: { ifRevision?: number } = {}): Promise<ApplyResult> {
+    return this.sharedConfig().rollback(to, options);
+  }
+
+  /** In a cluster: the text of a revision (the current one by default), and the kept revisions. */
+  sharedConfig(): ConfigKeeper {
+    if (!this.configKeeper) {
+      throw new ClusterError('INVALID_INPUT', `${this.config.file} has no cluster: section; the configuration is this Understudy's own file (edit it and restart)`);
+    }
+    return this.configKeeper;
   }
 
   /** In a cluster: who leads, the members, the routing the leader published. */
@@ -258,7 +296,10 @@ export class Understudy {
       // Drills first: each lifts its fault and puts its service back while everything still runs.
       await step('ending drills', () => this.drills.close());
       // Then leadership, handed over at once (the lease revoked) rather than after the TTL.
-      await step('leaving the cluster', async () => this.cluster?.close());
+      await step('leaving the cluster', async () => {
+        await this.configKeeper?.close();
+        await this.cluster?.close();
+      });
       // Jobs first: their items in flight are abandoned, to run again at the next start.
       await step('stopping jobs', async () => this.runner?.close());
       // A deploy cut short is not resumed: the next start runs the version last recorded as current.
@@ -333,9 +374,29 @@ export class Understudy {
       onLeaderChange: (view, previous, reason) => this.onLeaderChange(view, previous, reason),
       onError: (message, error) => this.log.warn({ err: error }, message),
       onCall: (operation, ms, ok) => this.metrics.etcdDuration.observe({ operation, result: ok ? 'ok' : 'error' }, ms / 1000),
+      config: () => keeper.member(),
     });
+    const keeper = new ConfigKeeper({
+      shared: new SharedConfig(coordination, cluster.etcd.prefix),
+      node: cluster.node,
+      file: this.config.file,
+      revision: this.options.configRevision ?? null,
+      running: () => this.running,
+      apply: (next) => this.reconfigure(next),
+      publish: (body) => this.events.publish({ ...body, service: '*', time: this.clock.now(), traceId: randomBytes(8).toString('hex') }),
+      onError: (message, error) => this.log.warn({ err: error }, message),
+      onChange: () => node.refreshMember(),
+    });
+    this.configKeeper = keeper;
     this.cluster = node;
     await node.start();
+    await keeper.start();
+  }
+
+  /** Takes up a configuration whose changes are all live fields (config/live.ts). */
+  private reconfigure(next: Config): void {
+    for (const service of next.services) this.services.get(service.name)!.reconfigure(service);
+    this.running = next;
   }
 
   private onLeaderChange(view: LeaderView, previous: LeaderView, reason: string): void {

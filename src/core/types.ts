@@ -156,7 +156,11 @@ export type ClusterEventBody =
   | { type: 'leader-changed'; node: string; leader: string | null; previous: string | null; epoch: number | null; self: boolean; reason: string }
   /** etcd stopped answering this node: it serves on the routing it has, and takes no leader action. */
   | { type: 'coordination-lost'; node: string; reason: string }
-  | { type: 'coordination-restored'; node: string; reason: string };
+  | { type: 'coordination-restored'; node: string; reason: string }
+  /** This node took up a revision of the shared configuration, live (`changed`: the fields). */
+  | { type: 'config-applied'; node: string; revision: number; previous: number | null; changed: string[]; reason: string }
+  /** This node kept what it runs: the revision needs a restart here, or this node cannot read it (`reason`). */
+  | { type: 'config-refused'; node: string; revision: number; running: number | null; reason: string };
 
 /** A snapshot's lifecycle: see docs/recovery.md. */
 export type SnapshotEventBody =

@@ -43,7 +43,12 @@ export class PassiveDetector {
   private samples = 0;
   private normal = 0;
 
-  constructor(private readonly options: PassiveOptions) {}
+  constructor(private options: PassiveOptions) {}
+
+  /** New thresholds from a live change of the configuration; the counts so far stay. */
+  configure(options: PassiveOptions): void {
+    this.options = options;
+  }
 
   /** Milliseconds after which a request still waiting for its first byte is slow, or undefined before warm-up. */
   slowAfter(): number | undefined {
