@@ -1,4 +1,4 @@
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MODEL_SERVER_PATH, waitForMessage } from '../support/fixture.js';
 import { captureTail, hasExited, waitForExit } from '../support/process.js';
+import { cannotMakeNamespaces, deleteNamespace, findCommand, inNamespace, ip, IP, kill, removeLeftovers } from '../support/netns.js';
 import { waitUntil } from '../support/wait.js';
 
 /*
@@ -38,76 +39,20 @@ const RATE = 50;
 const REQUEST_TIMEOUT_MS = 1000;
 const TAKEOVER_LIMIT_MS = 2000;
 
-function findCommand(name: string): string | undefined {
-  for (const dir of [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/sbin']) {
-    const file = path.join(dir, name);
-    if (dir !== '' && existsSync(file)) return file;
-  }
-  return undefined;
-}
-
-const IP = findCommand('ip');
 const KEEPALIVED = findCommand('keepalived');
 
 /** Why this machine cannot run the test, or undefined when it can. */
 function cannotRun(): string | undefined {
-  if (process.platform !== 'linux') return 'network namespaces are Linux only';
-  if (process.getuid?.() !== 0) return 'needs root to make network namespaces';
-  if (!IP) return 'ip (iproute2) is not installed';
+  const namespaces = cannotMakeNamespaces();
+  if (namespaces) return namespaces;
   if (!KEEPALIVED) return 'keepalived is not installed (scripts/cluster-parts.sh installs it)';
   if (!findCommand('curl')) return 'curl is not installed (check-understudy.sh uses it)';
   if (!existsSync(CLI)) return 'dist/cli/main.js is missing: run npm run build';
-  const probe = `us-probe-${process.pid}`;
-  try {
-    execFileSync(IP, ['netns', 'add', probe], { stdio: 'pipe' });
-    execFileSync(IP, ['netns', 'del', probe], { stdio: 'pipe' });
-  } catch (error) {
-    return `cannot make a network namespace here (${(error as Error).message.split('\n')[0]})`;
-  }
   return undefined;
 }
 
 const skipReason = cannotRun();
 if (skipReason) console.warn(`test/cluster/vip.test.ts skipped: ${skipReason}`);
-
-async function ip(...args: string[]): Promise<string> {
-  const { stdout } = await run(IP!, args, { timeout: 10_000 });
-  return stdout;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function kill(pid: number | undefined, signal: NodeJS.Signals = 'SIGKILL'): void {
-  if (pid === undefined) return;
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // ESRCH: already gone.
-  }
-}
-
-/** Namespaces of earlier runs whose test process died before its afterAll: their processes are killed and the namespaces deleted. */
-async function removeLeftovers(): Promise<void> {
-  const names = (await ip('netns', 'list')).split('\n').map((line) => line.split(' ')[0] ?? '');
-  for (const name of names) {
-    const match = /^us-(?:br|n1|n2|cl)-(\d+)-[0-9a-f]+$/.exec(name);
-    if (!match || alive(Number(match[1]))) continue;
-    await deleteNamespace(name);
-  }
-}
-
-async function deleteNamespace(name: string): Promise<void> {
-  const pids = await ip('netns', 'pids', name).catch(() => '');
-  for (const pid of pids.split('\n').filter(Boolean)) kill(Number(pid));
-  await ip('netns', 'del', name).catch(() => undefined);
-}
 
 /** The example keepalived.conf for this network: addresses, script paths and the script user swapped, the third node left out. */
 function keepalivedConf(dir: string): string {
@@ -258,11 +203,6 @@ async function makeSite(): Promise<Site> {
   }
   for (const node of Object.values(site.nodes)) mkdirSync(path.join(node.dir, 'state'), { recursive: true });
   return site;
-}
-
-function inNamespace(ns: string, command: string, args: string[], env: NodeJS.ProcessEnv = process.env): ChildProcess {
-  // ip netns exec execs the command, so the pid is the command's and an IPC channel passes through.
-  return spawn(IP!, ['netns', 'exec', ns, command, ...args], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env });
 }
 
 async function startModel(node: Node): Promise<void> {
@@ -465,7 +405,7 @@ function killAll(node: Node, { model }: { model: boolean }): void {
 describe.skipIf(skipReason !== undefined)(`keepalived moves the virtual IP between Understudy nodes${skipReason ? ` (skipped: ${skipReason})` : ''}`, () => {
   let site: Site | undefined;
 
-  beforeAll(removeLeftovers);
+  beforeAll(() => removeLeftovers(['br', 'n1', 'n2', 'cl']));
   afterEach(async () => {
     for (const proc of clients) kill(proc.pid);
     clients.clear();
