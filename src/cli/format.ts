@@ -115,6 +115,9 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'coordination-restored':
       what = `${event.node}: ${event.type}`;
       break;
+    case 'desired-state':
+      what = `${event.node}: ${event.instance} ${event.state} (the leader's word)`;
+      break;
     case 'config-applied':
     case 'config-refused':
       what = `${event.node}: ${event.type} revision ${event.revision}`;

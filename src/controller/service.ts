@@ -27,6 +27,11 @@ export interface ServiceDeps {
   onProbe(instance: string, probe: string, ok: boolean, ms: number): void;
   onQueue(depth: number): void;
   onError(message: string, error: unknown): void;
+  /**
+   * A runtime to drive instead of the instance's own (in a cluster, a cold standby whose
+   * start is the leader's word); `real` makes the instance's own at a version. Undefined: the own one.
+   */
+  delegate?(instance: InstanceConfig, version: string | undefined, real: (version: string | undefined) => Runtime): Runtime | undefined;
 }
 
 interface Waiter {
@@ -172,8 +177,14 @@ export class ServiceController implements Upstreams {
     this.dispatch({ type: 'boot' });
   }
 
-  /** The runtime that runs `instance` at `version`. */
+  /** The runtime the machine drives for `instance` at `version`: its own, or the one `deps.delegate` gives. */
   private runtimeFor(instance: InstanceConfig, version: string | undefined): Runtime {
+    const real = (at: string | undefined) => this.realRuntimeFor(instance, at);
+    return this.deps.delegate?.(instance, version, real) ?? real(version);
+  }
+
+  /** The runtime that runs `instance` at `version` on this machine. */
+  private realRuntimeFor(instance: InstanceConfig, version: string | undefined): Runtime {
     const onOrphan = (pid: number, reason: string) =>
       this.deps.publish({
         type: 'orphan-stopped',

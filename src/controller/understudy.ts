@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
-import { ClusterError, ClusterNode, EtcdCoordination, fencedStore, PgJobStore, SharedConfig, type ClusterView, type LeaderView } from '../cluster/index.js';
+import { ClusterError, ClusterNode, DesiredStates, EtcdCoordination, fencedStore, PgJobStore, SharedConfig, type ClusterView, type LeaderView } from '../cluster/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
 import { Alerter, EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
@@ -12,6 +12,7 @@ import { Deployer } from './deploy.js';
 import { Drills } from './drills.js';
 import { ReleaseBook, ReleaseError } from './releases.js';
 import { ServiceController, type ServiceView } from './service.js';
+import { ColdStandbys } from './cold-standbys.js';
 import { ConfigKeeper, type ApplyResult, type ConfigView } from './shared-config.js';
 
 type Lifecycle = 'created' | 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
@@ -39,6 +40,8 @@ export class Understudy {
   private runner: JobRunner | undefined;
   private cluster: ClusterNode | undefined;
   private configKeeper: ConfigKeeper | undefined;
+  /** In a cluster: cold standbys started and stopped on the leader's word. */
+  private readonly coldStandbys: ColdStandbys | undefined;
   private running: Config;
   private pruneTimer: NodeJS.Timeout | undefined;
   private lifecycle: Lifecycle = 'created';
@@ -69,6 +72,13 @@ export class Understudy {
       quiet: (event) => this.quietReason(event),
     });
     this.alerts.attach(this.events);
+    this.coldStandbys = config.cluster
+      ? new ColdStandbys({
+          node: config.cluster.node,
+          publish: (service, event) => this.events.publish({ ...event, service, time: clock.now(), traceId: randomBytes(8).toString('hex') }),
+          onError: (message, error) => this.log.warn({ err: error }, message),
+        })
+      : undefined;
 
     for (const service of config.services) {
       const labels = { service: service.name };
@@ -83,6 +93,8 @@ export class Understudy {
             this.metrics.probeDuration.observe({ ...labels, instance, probe, result: ok ? 'ok' : 'fail' }, ms / 1000),
           onQueue: (depth) => this.metrics.queued.set(labels, depth),
           onError: (message, error) => this.log.error({ err: error, service: service.name }, message),
+          delegate: (instance, version, real) =>
+            this.coldStandbys && ColdStandbys.delegated(instance) ? this.coldStandbys.runtime(service.name, instance, version, real) : undefined,
         }),
       );
       for (const instance of service.instances) this.metrics.instance(service.name, instance.name, 'stopped');
@@ -308,6 +320,7 @@ export class Understudy {
       await step('closing the gateway', () => this.gateway.close(deadlineMs));
       await step('stopping services', async () => {
         await Promise.all([...this.services.values()].map((service) => service.close()));
+        await this.coldStandbys?.close();
       });
       await step('closing the job store', async () => this.store?.close());
       await step('sending alerts', () => this.alerts.close());
@@ -355,6 +368,7 @@ export class Understudy {
       duties: {
         begin: async (epoch) => {
           this.lastEpoch = epoch;
+          this.coldStandbys?.onLead();
           await store.raiseFence?.(epoch);
           const runner = this.createRunner(fencedStore(store, () => node.leadership.epoch() === epoch, cluster.node));
           try {
@@ -389,6 +403,8 @@ export class Understudy {
     });
     this.configKeeper = keeper;
     this.cluster = node;
+    // Before the election: a leader elected at once writes what its machines want running.
+    await this.coldStandbys?.attach(new DesiredStates(coordination, cluster.etcd.prefix, node.leadership, cluster.node), () => node.leadership.acting());
     await node.start();
     await keeper.start();
   }

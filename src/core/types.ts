@@ -157,6 +157,8 @@ export type ClusterEventBody =
   /** etcd stopped answering this node: it serves on the routing it has, and takes no leader action. */
   | { type: 'coordination-lost'; node: string; reason: string }
   | { type: 'coordination-restored'; node: string; reason: string }
+  /** This node started or stopped a cold standby it runs, on the leader's word (its desired state in etcd). */
+  | { type: 'desired-state'; node: string; instance: string; state: 'running' | 'stopped'; leader: string; reason: string }
   /** This node took up a revision of the shared configuration, live (`changed`: the fields). */
   | { type: 'config-applied'; node: string; revision: number; previous: number | null; changed: string[]; reason: string }
   /** This node kept what it runs: the revision needs a restart here, or this node cannot read it (`reason`). */
