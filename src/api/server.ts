@@ -221,6 +221,8 @@ export class AdminServer {
         this.app.mustLead(`switch ${service.config.name} over`);
         rejected = service.dispatch({ type: 'switchover', to });
       } else if ((verb === 'drain' || verb === 'resume') && instance !== undefined) {
+        // So is a drain: the leader publishes what it holds, and every node holds the same.
+        this.app.mustLead(`${verb} ${service.config.name}/${decodeURIComponent(instance)}`);
         rejected = service.dispatch({ type: verb, instance: decodeURIComponent(instance) });
       } else {
         return notFound(res);

@@ -10,6 +10,10 @@ export interface RoutedService {
   follow(instance: string, leader: string): string | undefined;
   /** Whether failback is left to the leader (true on every node that does not lead). */
   setFollowing(following: boolean): void;
+  /** Instances held out of rotation (drained, or held stopped) on this node. */
+  held(): string[];
+  /** Drains (`held` true) or resumes an instance as the leader did; says why not when it cannot. */
+  hold(instance: string, held: boolean): string | undefined;
   onChange(listener: () => void): () => void;
 }
 
@@ -46,6 +50,8 @@ export interface MemberConfig {
 /** What the leader publishes for a service: where its traffic goes. */
 export interface Routing {
   active: string | null;
+  /** Instances the leader holds out of rotation (drained); absent from a leader before drains were shared. */
+  held?: string[];
   leader: string;
   epoch: number;
   at: number;
@@ -71,6 +77,8 @@ export class ClusterNode {
   readonly leadership: Leadership;
   private readonly routing = new Map<string, Routing>();
   private readonly diverging = new Map<string, string>();
+  /** Per service, the instances this node holds because the leader does: resumed when the leader resumes them. */
+  private readonly heldForLeader = new Map<string, Set<string>>();
   private readonly unsubscribe: (() => void)[] = [];
   private unwatch: (() => Promise<void>) | undefined;
   private last: LeaderView;
@@ -194,7 +202,8 @@ export class ClusterNode {
   private onServiceChange(service: RoutedService): void {
     if (this.closed) return;
     if (this.leadership.acting()) {
-      if (this.routing.get(service.name)?.active !== service.active()) void this.publish(service);
+      const published = this.routing.get(service.name);
+      if (published?.active !== service.active() || !sameSet(published.held ?? [], service.held())) void this.publish(service);
       return;
     }
     this.followRouting(service);
@@ -204,7 +213,7 @@ export class ClusterNode {
   private async publish(service: RoutedService): Promise<void> {
     const epoch = this.leadership.epoch();
     if (epoch === null) return;
-    const routing: Routing = { active: service.active(), leader: this.options.node, epoch, at: Date.now() };
+    const routing: Routing = { active: service.active(), held: service.held(), leader: this.options.node, epoch, at: Date.now() };
     this.routing.set(service.name, routing);
     try {
       await this.options.coordination.fencedPut(`${this.options.prefix}leader`, epoch, `${this.options.prefix}routing/${service.name}`, JSON.stringify(routing));
@@ -245,7 +254,9 @@ export class ClusterNode {
 
   private followRouting(service: RoutedService): void {
     const routing = this.routing.get(service.name);
-    if (!routing || routing.active === null || routing.leader === this.options.node) return;
+    if (!routing || routing.leader === this.options.node) return;
+    this.followHolds(service, routing);
+    if (routing.active === null) return;
     if (service.active() === routing.active) {
       this.diverging.delete(service.name);
       return;
@@ -253,6 +264,27 @@ export class ClusterNode {
     const refused = service.follow(routing.active, routing.leader);
     if (refused === undefined) this.diverging.delete(service.name);
     else this.diverging.set(service.name, `the leader sends traffic to ${routing.active}, which cannot serve here: ${refused}`);
+  }
+
+  /** Drains here what the leader drained, and resumes what it resumed of those (a drain made on this node alone stays). */
+  private followHolds(service: RoutedService, routing: Routing): void {
+    if (routing.held === undefined) return;
+    const mine = this.heldForLeader.get(service.name) ?? new Set<string>();
+    this.heldForLeader.set(service.name, mine);
+    const here = new Set(service.held());
+    for (const instance of routing.held) {
+      if (here.has(instance)) continue;
+      const refused = service.hold(instance, true);
+      if (refused === undefined) mine.add(instance);
+      else this.options.onError(`could not drain ${service.name}/${instance} as the leader ${routing.leader} did`, new Error(refused));
+    }
+    for (const instance of [...mine]) {
+      if (routing.held.includes(instance)) continue;
+      mine.delete(instance);
+      if (!here.has(instance)) continue;
+      const refused = service.hold(instance, false);
+      if (refused !== undefined) this.options.onError(`could not resume ${service.name}/${instance} as the leader ${routing.leader} did`, new Error(refused));
+    }
   }
 
   /** Writes this node's member entry again now (its services, its configuration). */
@@ -310,4 +342,8 @@ export class ClusterNode {
       close: coordination.close.bind(coordination),
     };
   }
+}
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x) => b.includes(x));
 }

@@ -338,6 +338,21 @@ export class ServiceController implements Upstreams {
     return this.dispatch({ type: 'switchover', to: instance, reason: `following the leader ${leader}` });
   }
 
+  /** Instances held out of rotation for maintenance (drained, draining, or a cold standby held stopped). */
+  held(): string[] {
+    return Object.values(this.state.instances)
+      .filter((i) => i.maintenance)
+      .map((i) => i.name);
+  }
+
+  /** Drains or resumes `instance` as the leader did (a cold standby resumes to its place, stopped). */
+  hold(instance: string, held: boolean): string | undefined {
+    const handle = this.handles.get(instance);
+    if (!handle) return `no instance ${instance} here`;
+    if (held) return this.dispatch({ type: 'drain', instance });
+    return this.dispatch({ type: 'resume', instance, start: handle.config.tier !== 'cold' });
+  }
+
   /** Calls `listener` after every change of state; returns the unsubscribe. */
   onChange(listener: () => void): () => void {
     this.stateWatchers.add(listener);

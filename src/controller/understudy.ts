@@ -363,6 +363,8 @@ export class Understudy {
         active: () => service.machineState().active,
         follow: (instance, leader) => service.follow(instance, leader),
         setFollowing: (following) => service.setFollowing(following),
+        held: () => service.held(),
+        hold: (instance, held) => service.hold(instance, held),
         onChange: (listener) => service.onChange(listener),
       })),
       duties: {

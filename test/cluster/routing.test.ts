@@ -49,6 +49,36 @@ describe.skipIf(!etcdAvailable())('routing from the leader', () => {
     expect(view.members.map((m) => m.node)).toEqual(['n1', 'n2', 'n3']);
   }, 60_000);
 
+  it('a drain on the leader holds the instance out on every node and resume brings it back everywhere; on another node both are refused, naming the leader', async () => {
+    const c = (cluster = await makeCluster({ etcd: etcd.endpoints, instances: `${externalInstance('primary', 'primary', primary.url)}${externalInstance('hot', 'hot', hot.url)}` }));
+    await Promise.all(['n1', 'n2', 'n3'].map((node) => c.start(node)));
+    const leader = await c.leader();
+    const other = ['n1', 'n2', 'n3'].find((n) => n !== leader)!;
+    for (const node of c.nodes.keys()) await waitUntil(async () => (await active(c, node)) === 'primary', { what: `${node} on primary` });
+    const state = async (node: string) =>
+      (await c.nodes.get(node)!.api<{ services: Record<string, ServiceView> }>('GET', '/v1/status')).services.infer!.instances.find((i) => i.name === 'primary')!.state;
+
+    const refused = await c.nodes.get(other)!.api('POST', '/v1/services/infer/instances/primary/drain', {}).then(() => 'accepted', (e: Error) => e.message);
+    expect(refused).toMatch(new RegExp(`409.*NOT_LEADER.*${leader} leads the cluster`));
+    expect(await state(other)).toBe('ready');
+
+    await c.nodes.get(leader)!.api('POST', '/v1/services/infer/instances/primary/drain', {});
+    for (const node of c.nodes.keys()) {
+      await waitUntil(async () => (await active(c, node)) === 'hot' && (await state(node)) === 'stopped', { timeoutMs: 10_000, what: `${node} to hold primary out, as the leader does` });
+    }
+    // Held: no failback and no restart brings it back while the leader holds it.
+    expect((await c.view(other)).routing.infer).toMatchObject({ active: 'hot', held: ['primary'] });
+    const notHere = await c.nodes.get(other)!.api('POST', '/v1/services/infer/instances/primary/resume', {}).then(() => 'accepted', (e: Error) => e.message);
+    expect(notHere).toMatch(/409.*NOT_LEADER/);
+    expect(await state(other)).toBe('stopped');
+
+    await c.nodes.get(leader)!.api('POST', '/v1/services/infer/instances/primary/resume', {});
+    for (const node of c.nodes.keys()) {
+      await waitUntil(async () => (await state(node)) === 'ready', { timeoutMs: 10_000, what: `${node} to take primary back, as the leader did` });
+    }
+    expect((await c.view(other)).routing.infer).toMatchObject({ held: [] });
+  }, 60_000);
+
   it('cluster failover --to hands leadership to the named node', async () => {
     const c = (cluster = await makeCluster({ etcd: etcd.endpoints, instances: `${externalInstance('primary', 'primary', primary.url)}${externalInstance('hot', 'hot', hot.url)}` }));
     await Promise.all(['n1', 'n2', 'n3'].map((node) => c.start(node)));
