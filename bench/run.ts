@@ -20,6 +20,7 @@ import { runOverhead } from './scenarios/overhead.js';
 import { closeRollbackGateways, killRollbackInstancesNow, runRollback } from './scenarios/rollback.js';
 import { runSnapshot } from './scenarios/snapshot.js';
 import { runStreams } from './scenarios/streams.js';
+import { runVip, vipSection, type VipResult } from './scenarios/vip.js';
 import { killAllServicesNow, stopAllServices } from './services.js';
 import { progress } from './workload.js';
 
@@ -73,7 +74,7 @@ async function bench(options: Options, root: string): Promise<void> {
   if (runs('streams') && !hasUnderstudy) skipped.push('streams continued: needs Understudy');
   if (runs('cluster') && !hasUnderstudy) skipped.push('cluster: needs Understudy');
 
-  const report: BenchReport & { cluster?: ClusterResult | null } = {
+  const report: BenchReport & { cluster?: ClusterResult | null; vip?: VipResult | null } = {
     date: new Date().toISOString(),
     environment: {
       cpu: os.cpus()[0]?.model ?? 'unknown CPU',
@@ -90,9 +91,10 @@ async function bench(options: Options, root: string): Promise<void> {
     rollback: runs('rollback') ? await runRollback(root) : null,
     streams: runs('streams') && hasUnderstudy ? await runStreams(root) : null,
     cluster: runs('cluster') && hasUnderstudy ? await runCluster(root, skipped) : null,
+    vip: runs('cluster') && hasUnderstudy ? await runVip(skipped) : null,
   };
 
-  const markdown = `${renderMarkdown(report)}${report.cluster ? `\n${clusterSection(report.cluster)}\n` : ''}`;
+  const markdown = `${renderMarkdown(report)}${report.cluster ? `\n${clusterSection(report.cluster)}\n` : ''}${report.vip ? `\n${vipSection(report.vip)}\n` : ''}`;
   process.stdout.write(markdown);
   progress(`saved ${await saveReport(report, markdown, RESULTS_DIR)}`);
 }
