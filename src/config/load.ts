@@ -94,15 +94,22 @@ export function parseConfig(text: string, file: string, options: { node?: string
   }
   if (!isMap(doc.contents)) fail(file, [locate([], 'expected a mapping with at least `services:`')]);
 
-  const parsed = configSchema.safeParse(doc.toJS(), { reportInput: true });
+  const raw = doc.toJS() as { jobs?: { inlineLimit?: unknown } } | null;
+  const parsed = configSchema.safeParse(raw, { reportInput: true });
   if (!parsed.success) fail(file, parsed.error.issues.map((issue) => fromZod(issue, locate)));
 
   if (options.node !== undefined && parsed.data.cluster) parsed.data.cluster.node = options.node;
   const config = compile(parsed.data, file);
   const problems = [...crossCheck(config), ...checkCluster(parsed.data, config)].map(({ at, message }) => locate(at, message));
   if (problems.length > 0) fail(file, problems);
-  return asNode(parsed.data, config);
+  const node = asNode(parsed.data, config);
+  // A job's results outlive its leader only in PostgreSQL: there, bodies up to 64 MiB are kept in it by default.
+  if (node.cluster?.postgres && raw?.jobs?.inlineLimit === undefined) node.jobs = { ...node.jobs, inlineLimit: CLUSTER_INLINE_LIMIT };
+  return node;
 }
+
+/** jobs.inlineLimit's default with a PostgreSQL job store: a result on one node's disk is lost to the next leader. */
+const CLUSTER_INLINE_LIMIT = 64 * 1024 * 1024;
 
 function fail(file: string, issues: ConfigIssue[]): never {
   const plural = issues.length === 1 ? 'mistake' : 'mistakes';

@@ -24,6 +24,13 @@ afterEach(() => {
 });
 
 describe('cluster configuration', () => {
+  it('keeps job results up to 64 MiB in PostgreSQL by default, so they outlive the leader that recorded them', () => {
+    const pg = `  node: n1\n  postgres: { url: "postgres://u@db/understudy" }\n${NODES}`;
+    expect(parseConfig(clustered(pg), '/etc/u.yaml').jobs.inlineLimit).toBe(64 * 1024 * 1024);
+    expect(parseConfig(`jobs: { inlineLimit: 1MiB }\n${clustered(pg)}`, '/etc/u.yaml').jobs.inlineLimit).toBe(1024 * 1024);
+    expect(parseConfig(clustered(`  node: n1\n${NODES}`), '/etc/u.yaml').jobs.inlineLimit).toBe(256 * 1024);
+  });
+
   it('fills in the defaults, and on each node runs only its own instances (the others are probed as external)', () => {
     const one = parseConfig(clustered(`  node: n1\n${NODES}`), '/etc/understudy/u.yaml');
     expect(one.cluster).toMatchObject({ node: 'n1', ttl: 3000, etcd: { prefix: '/understudy/', timeout: 1000 } });
