@@ -107,8 +107,10 @@ export class ConfigKeeper {
    */
   async apply(text: string, options: { ifRevision?: number; rolledBackTo?: number } = {}): Promise<ApplyResult> {
     const next = this.check(text);
+    // Before the store: this node's watch may take the revision up before the store returns.
+    const diff = diffConfigs(this.deps.running(), next);
     const stored = await this.deps.shared.store(text, this.deps.node, options);
-    return { stored: summary(stored), diff: diffConfigs(this.deps.running(), next) };
+    return { stored: summary(stored), diff };
   }
 
   /** Stores revision `to`'s text again, as the next revision (history only grows). */
