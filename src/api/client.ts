@@ -22,10 +22,32 @@ export class AdminClient {
     this.token = token;
   }
 
+  /**
+   * One admin API call. In a cluster, an action only the leader takes that reaches a
+   * follower (`409 NOT_LEADER` with the leader's admin URL) is sent once more to the
+   * leader, with the same token: give every node the same `admin.token` for that.
+   */
   async call<T>(method: 'GET' | 'POST', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+    try {
+      return await this.callAt<T>(this.base, method, path, body, headers);
+    } catch (error) {
+      if (!(error instanceof NotLeaderError) || new URL(error.leaderUrl).origin === new URL(this.base).origin) throw error;
+      const leaderUrl = error.leaderUrl;
+      try {
+        return await this.callAt<T>(new URL(leaderUrl).origin, method, path, body, headers);
+      } catch (again) {
+        if (again instanceof UnderstudyError && again.code === 'UNAUTHORIZED') {
+          throw new UnderstudyError('NOT_LEADER', `${error.message}; the leader at ${leaderUrl} refused this node's admin token (give every node the same admin.token)`);
+        }
+        throw again;
+      }
+    }
+  }
+
+  private async callAt<T>(base: string, method: 'GET' | 'POST', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let response;
     try {
-      response = await request(`${this.base}${path}`, {
+      response = await request(`${base}${path}`, {
         method,
         headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json', ...headers },
         body: body === undefined ? undefined : JSON.stringify(body),
@@ -39,9 +61,11 @@ export class AdminClient {
         { cause: error },
       );
     }
-    const data = (await response.body.json()) as T & { error?: { message: string; code: string } };
+    const data = (await response.body.json()) as T & { error?: { message: string; code: string; url?: string | null } };
     if (response.statusCode >= 400) {
-      throw new UnderstudyError(data.error?.code ?? 'API_ERROR', data.error?.message ?? `HTTP ${response.statusCode}`);
+      const message = data.error?.message ?? `HTTP ${response.statusCode}`;
+      if (data.error?.code === 'NOT_LEADER' && typeof data.error.url === 'string' && URL.canParse(data.error.url)) throw new NotLeaderError(message, data.error.url);
+      throw new UnderstudyError(data.error?.code ?? 'API_ERROR', message);
     }
     return data;
   }
@@ -61,5 +85,15 @@ export class AdminClient {
       throw new UnderstudyError(data.error?.code ?? 'API_ERROR', data.error?.message ?? `HTTP ${response.statusCode}`);
     }
     return response.body;
+  }
+}
+
+/** A follower's answer to an action only the leader takes: where the leader's admin API is. */
+class NotLeaderError extends UnderstudyError {
+  constructor(
+    message: string,
+    readonly leaderUrl: string,
+  ) {
+    super('NOT_LEADER', message);
   }
 }

@@ -1,10 +1,18 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ServiceView } from '../../src/controller/index.js';
 import { etcdAvailable, startEtcd, type EtcdCluster } from '../support/etcd.js';
 import { startModelServer, stopAll, type ModelServer } from '../support/fixture.js';
 import { runLoad } from '../support/load.js';
 import { waitUntil } from '../support/wait.js';
+import { CLI } from '../jobs/up-process.js';
 import { externalInstance, makeCluster, type TestCluster } from './support.js';
+
+const run = promisify(execFile);
 
 /* The leader's routing carried to every node: three `understudy up --node` processes on a real etcd. */
 
@@ -77,6 +85,22 @@ describe.skipIf(!etcdAvailable())('routing from the leader', () => {
       await waitUntil(async () => (await state(node)) === 'ready', { timeoutMs: 10_000, what: `${node} to take primary back, as the leader did` });
     }
     expect((await c.view(other)).routing.infer).toMatchObject({ held: [] });
+  }, 60_000);
+
+  it('the CLI sends a leader\'s action given to a follower on to the leader (the same admin token on every node)', async () => {
+    const c = (cluster = await makeCluster({ etcd: etcd.endpoints, instances: `${externalInstance('primary', 'primary', primary.url)}${externalInstance('hot', 'hot', hot.url)}` }));
+    const token = randomBytes(18).toString('base64url');
+    for (const node of ['n1', 'n2', 'n3']) writeFileSync(path.join(c.dir, node, 'admin.token'), `${token}\n`, { mode: 0o600 });
+    await Promise.all(['n1', 'n2', 'n3'].map((node) => c.start(node)));
+    const leader = await c.leader();
+    const other = ['n1', 'n2', 'n3'].find((n) => n !== leader)!;
+    for (const node of c.nodes.keys()) await waitUntil(async () => (await active(c, node)) === 'primary', { what: `${node} on primary` });
+
+    const { stdout } = await run(process.execPath, [CLI, 'switchover', 'infer', '--to', 'hot', '-c', c.configFile, '--node', other], { timeout: 30_000 });
+    expect(stdout).toContain('infer: active is now hot');
+    for (const node of c.nodes.keys()) await waitUntil(async () => (await active(c, node)) === 'hot', { timeoutMs: 5000, what: `${node} on hot` });
+    const moved = await c.nodes.get(leader)!.api<{ events: { type: string; kind?: string; reason: string }[] }>('GET', '/v1/events?type=active-changed');
+    expect(moved.events.some((e) => e.kind === 'switchover')).toBe(true);
   }, 60_000);
 
   it('cluster failover --to hands leadership to the named node', async () => {
