@@ -56,33 +56,37 @@ export class AdminClient {
     } catch (error) {
       throw new UnderstudyError(
         'NOT_RUNNING',
-        `cannot reach Understudy's admin API at ${this.base} (${(error as Error).message}); is \`understudy up\` running?`,
+        `cannot reach Understudy's admin API at ${base} (${(error as Error).message}); is \`understudy up\` running?`,
         true,
         { cause: error },
       );
     }
-    const data = (await response.body.json()) as T & { error?: { message: string; code: string; url?: string | null } };
-    if (response.statusCode >= 400) {
-      const message = data.error?.message ?? `HTTP ${response.statusCode}`;
-      if (data.error?.code === 'NOT_LEADER' && typeof data.error.url === 'string' && URL.canParse(data.error.url)) throw new NotLeaderError(message, data.error.url);
-      throw new UnderstudyError(data.error?.code ?? 'API_ERROR', message);
-    }
+    const data = (await response.body.json()) as T & ErrorBody;
+    if (response.statusCode >= 400) throw apiError(response.statusCode, data);
     return data;
   }
 
-  /** A GET whose body is read as a stream (results, outputs, server-sent events); no timeout once it answers. */
+  /** A GET whose body is read as a stream (results, outputs, server-sent events); no timeout once it answers. Sent on to the leader like `call`. */
   async stream(path: string): Promise<Dispatcher.ResponseData['body']> {
+    try {
+      return await this.streamAt(this.base, path);
+    } catch (error) {
+      if (!(error instanceof NotLeaderError) || new URL(error.leaderUrl).origin === new URL(this.base).origin) throw error;
+      return this.streamAt(new URL(error.leaderUrl).origin, path);
+    }
+  }
+
+  private async streamAt(base: string, path: string): Promise<Dispatcher.ResponseData['body']> {
     let response;
     try {
-      response = await request(`${this.base}${path}`, { headers: { authorization: `Bearer ${this.token}` }, headersTimeout: 60_000, bodyTimeout: 0 });
+      response = await request(`${base}${path}`, { headers: { authorization: `Bearer ${this.token}` }, headersTimeout: 60_000, bodyTimeout: 0 });
     } catch (error) {
-      throw new UnderstudyError('NOT_RUNNING', `cannot reach Understudy's admin API at ${this.base} (${(error as Error).message}); is \`understudy up\` running?`, true, {
+      throw new UnderstudyError('NOT_RUNNING', `cannot reach Understudy's admin API at ${base} (${(error as Error).message}); is \`understudy up\` running?`, true, {
         cause: error,
       });
     }
     if (response.statusCode >= 400) {
-      const data = (await response.body.json().catch(() => ({}))) as { error?: { message: string; code: string } };
-      throw new UnderstudyError(data.error?.code ?? 'API_ERROR', data.error?.message ?? `HTTP ${response.statusCode}`);
+      throw apiError(response.statusCode, (await response.body.json().catch(() => ({}))) as ErrorBody);
     }
     return response.body;
   }
@@ -96,4 +100,15 @@ class NotLeaderError extends UnderstudyError {
   ) {
     super('NOT_LEADER', message);
   }
+}
+
+interface ErrorBody {
+  error?: { message: string; code: string; url?: string | null };
+}
+
+/** The error an answer of `status` carries: NotLeaderError when a follower names the leader's admin URL. */
+function apiError(status: number, data: ErrorBody): UnderstudyError {
+  const message = data.error?.message ?? `HTTP ${status}`;
+  if (data.error?.code === 'NOT_LEADER' && typeof data.error.url === 'string' && URL.canParse(data.error.url)) return new NotLeaderError(message, data.error.url);
+  return new UnderstudyError(data.error?.code ?? 'API_ERROR', message);
 }
