@@ -14,6 +14,10 @@ export interface RoutedService {
   held(): string[];
   /** Drains (`held` true) or resumes an instance as the leader did; says why not when it cannot. */
   hold(instance: string, held: boolean): string | undefined;
+  /** The versions admitted now (a deploy admits two for a while); empty without `version:`. */
+  expected(): string[];
+  /** Admits the versions the leader admits. */
+  expect(versions: string[]): void;
   onChange(listener: () => void): () => void;
 }
 
@@ -52,6 +56,8 @@ export interface Routing {
   active: string | null;
   /** Instances the leader holds out of rotation (drained); absent from a leader before drains were shared. */
   held?: string[];
+  /** The versions the leader admits (a deploy's); absent from a leader before they were shared. */
+  expected?: string[];
   leader: string;
   epoch: number;
   at: number;
@@ -203,7 +209,9 @@ export class ClusterNode {
     if (this.closed) return;
     if (this.leadership.acting()) {
       const published = this.routing.get(service.name);
-      if (published?.active !== service.active() || !sameSet(published.held ?? [], service.held())) void this.publish(service);
+      if (published?.active !== service.active() || !sameSet(published.held ?? [], service.held()) || !sameList(published.expected ?? [], service.expected())) {
+        void this.publish(service);
+      }
       return;
     }
     this.followRouting(service);
@@ -213,7 +221,7 @@ export class ClusterNode {
   private async publish(service: RoutedService): Promise<void> {
     const epoch = this.leadership.epoch();
     if (epoch === null) return;
-    const routing: Routing = { active: service.active(), held: service.held(), leader: this.options.node, epoch, at: Date.now() };
+    const routing: Routing = { active: service.active(), held: service.held(), expected: service.expected(), leader: this.options.node, epoch, at: Date.now() };
     this.routing.set(service.name, routing);
     try {
       await this.options.coordination.fencedPut(`${this.options.prefix}leader`, epoch, `${this.options.prefix}routing/${service.name}`, JSON.stringify(routing));
@@ -255,6 +263,8 @@ export class ClusterNode {
   private followRouting(service: RoutedService): void {
     const routing = this.routing.get(service.name);
     if (!routing || routing.leader === this.options.node) return;
+    // The versions first: the instance the leader sends traffic to may serve the one a deploy brings.
+    if (routing.expected !== undefined && routing.expected.length > 0 && !sameList(routing.expected, service.expected())) service.expect(routing.expected);
     this.followHolds(service, routing);
     if (routing.active === null) return;
     if (service.active() === routing.active) {
@@ -346,4 +356,8 @@ export class ClusterNode {
 
 function sameSet(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x) => b.includes(x));
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

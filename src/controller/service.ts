@@ -353,6 +353,16 @@ export class ServiceController implements Upstreams {
     return this.dispatch({ type: 'resume', instance, start: handle.config.tier !== 'cold' });
   }
 
+  /** The versions admitted now, the pinned one first. */
+  expected(): string[] {
+    return [...this.state.expected];
+  }
+
+  /** Admits `versions` (a follower takes the leader's; a deploy moves them on the leader). */
+  expect(versions: string[]): void {
+    this.dispatch({ type: 'expect', versions });
+  }
+
   /** Calls `listener` after every change of state; returns the unsubscribe. */
   onChange(listener: () => void): () => void {
     this.stateWatchers.add(listener);

@@ -176,6 +176,19 @@ export class Understudy {
     if (this.cluster) this.cluster.leadership.mustAct(what);
   }
 
+  /**
+   * In a cluster, why a deploy of `name` cannot begin here: it moves the instances this
+   * node runs, and another node runs some of them (undefined when it runs them all).
+   */
+  private runElsewhere(name: string): string | undefined {
+    const node = this.config.cluster?.node;
+    const service = this.services.get(name);
+    if (node === undefined || !service) return undefined;
+    const elsewhere = service.config.instances.filter((i) => i.node !== undefined && i.node !== node).map((i) => `${i.name} (${i.node})`);
+    if (elsewhere.length === 0) return undefined;
+    return `a deploy moves the instances the leader runs, and ${elsewhere.join(', ')} run on other nodes: deploys across nodes are not built yet (docs/cluster.md)`;
+  }
+
   /** Why this node may not take a leader's action now, or undefined (always undefined outside a cluster). */
   private notLeader(what: string): string | undefined {
     if (!this.cluster) return undefined;
@@ -267,7 +280,7 @@ export class Understudy {
         clock: this.clock,
         publish: (service, event) => this.events.publish({ ...event, service, time: this.clock.now(), traceId: randomBytes(8).toString('hex') }),
         onError: (message, error) => this.log.error({ err: error }, message),
-        busy: (service) => this.drills.busy(service) ?? this.notLeader(`deploy or roll back ${service}`),
+        busy: (service) => this.drills.busy(service) ?? this.notLeader(`deploy or roll back ${service}`) ?? this.runElsewhere(service),
       });
       const changed: { service: string; version: string }[] = [];
       const releases = new Map<string, string>();
@@ -365,6 +378,8 @@ export class Understudy {
         setFollowing: (following) => service.setFollowing(following),
         held: () => service.held(),
         hold: (instance, held) => service.hold(instance, held),
+        expected: () => service.expected(),
+        expect: (versions) => service.expect(versions),
         onChange: (listener) => service.onChange(listener),
       })),
       duties: {
