@@ -42,6 +42,11 @@ export function diffConfigs(running: Config, next: Config): ConfigDiff {
     const { instances: bInstances, ...bRest } = b;
     for (const key of keysOf(aRest, bRest)) {
       if (same(field(aRest, key), field(bRest, key))) continue;
+      // A drill's schedule is set up at start; the rest of `drill` is read when a drill begins.
+      if (key === 'drill' && !same(a.drill.schedule, b.drill.schedule)) {
+        diff.restart.push(`services.${name}.drill.schedule`);
+        continue;
+      }
       (isLive(LIVE_SERVICE_FIELDS, key) ? diff.live : diff.restart).push(`services.${name}.${key}`);
     }
     const aByName = new Map(aInstances.map((i) => [i.name, i]));

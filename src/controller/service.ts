@@ -135,6 +135,7 @@ export class ServiceController implements Upstreams {
       if (JSON.stringify(handle.config.capabilities) !== JSON.stringify(instance.capabilities)) handle.prefill = undefined;
       handle.config = instance;
       handle.passive.configure(next.passive);
+      handle.models.configure({ failures: next.passive.failures, ejectFor: next.passive.ejectFor });
       if (probesChanged) {
         // A loop keeps the probe it began with: start it again on the new one.
         handle.probeMode = 'reconfigured';

@@ -30,7 +30,12 @@ export class ModelBreakers {
   /** Ejected models, so the router's common case (none) costs one comparison. */
   private ejected = 0;
 
-  constructor(private readonly options: BreakerOptions) {}
+  constructor(private options: BreakerOptions) {}
+
+  /** New thresholds from a live change of the configuration; the counts so far stay. */
+  configure(options: BreakerOptions): void {
+    this.options = options;
+  }
 
   /** Whether requests for `model` should go to another instance now. */
   isOpen(model: string, now: number): boolean {

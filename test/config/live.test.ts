@@ -51,6 +51,9 @@ describe('live configuration changes', () => {
     expect(diff(base(), base().replace(/\s+b: \{[^}]*\}/, '')).restart).toEqual(['services.tts.instances.b (removed)']);
     expect(diff(base(), `${base()}  asr:\n    route: { listen: 18002 }\n    instances:\n      a: { tier: primary, url: "http://127.0.0.1:7005" }\n`).restart).toEqual(['services.asr (added)']);
     expect(diff(base(), base('', '', 'jobs: { concurrency: 8 }\n')).restart).toEqual(['jobs']);
+    const drill = (extra: string) => base(`    drill: { request: { path: /health }${extra} }\n`);
+    expect(diff(drill(''), drill(', schedule: "0 3 * * *"'))).toEqual({ live: [], restart: ['services.tts.drill.schedule'] });
+    expect(diff(drill(''), drill(', requests: 50'))).toEqual({ live: ['services.tts.drill'], restart: [] });
     const both = diff(base(), base('    timeouts: { idle: 5s }\n', '', 'gateway: { listen: 9000 }\n'));
     expect(both).toEqual({ live: ['services.tts.timeouts'], restart: ['gateway'] });
   });
