@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { IP, removeLeftovers } from '../../test/support/netns.js';
-import { analyse, answered, destroySite, killAll, makeSite, skipReason, startClient, startNode, waitForBackup, waitForHolder, type Site } from '../../test/cluster/vip-site.js';
+import { analyse, answered, destroySite, killAll, readySite, skipReason, waitForHolder, type Site } from '../../test/cluster/vip-site.js';
 import { progress } from '../workload.js';
 import { median } from './jobs.js';
 
@@ -37,13 +37,9 @@ export async function runVip(skipped: string[], runs = VIP_RUNS): Promise<VipRes
   for (let run = 1; run <= runs; run++) {
     let site: Site | undefined;
     try {
-      site = await makeSite();
-      await startNode(site, 'n1');
-      await waitForHolder(site, 'n1');
-      await startNode(site, 'n2');
-      await waitForBackup(site, 'n2');
-      const client = startClient(site);
-      await answered(client, 'n1', 20);
+      const made = await readySite();
+      site = made.site;
+      const client = made.client;
       const killAt = Date.now();
       execFileSync(IP!, ['-n', site.nodes.n1.ns, 'link', 'set', 'eth0', 'down']);
       killAll(site.nodes.n1, { model: true });

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ClusterView } from '../../src/cluster/index.js';
 import type { UnderstudyEvent } from '../../src/core/index.js';
 import { MODEL_SERVER_PATH, waitForMessage } from '../support/fixture.js';
-import { cannotMakeNamespaces, deleteNamespace, execIn, findCommand, inNamespace, ip, kill, removeLeftovers } from '../support/netns.js';
+import { cannotMakeNamespaces, deleteNamespace, execIn, findCommand, inNamespace, ip, kill, removeLeftovers, waitForUp } from '../support/netns.js';
 import { captureTail } from '../support/process.js';
 import { waitUntil } from '../support/wait.js';
 
@@ -148,17 +148,7 @@ async function startNode(site: Site, node: Node): Promise<void> {
   node.procs.push(up);
   const output = captureTail([up.stdout, up.stderr], 20_000);
   node.output.set('understudy', output);
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${node.name}: understudy up sent nothing within 20 s:\n${output()}`)), 20_000);
-    up.once('message', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    up.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${node.name}: understudy up exited with ${code}:\n${output()}`));
-    });
-  });
+  await waitForUp(up, node.name, output);
 }
 
 /** The admin API of `node`, asked from inside its own namespace (so a node cut off still answers). */

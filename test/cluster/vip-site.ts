@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { MODEL_SERVER_PATH, waitForMessage } from '../support/fixture.js';
 import { captureTail, hasExited, waitForExit } from '../support/process.js';
-import { cannotMakeNamespaces, deleteNamespace, findCommand, inNamespace, ip, IP, kill } from '../support/netns.js';
+import { cannotMakeNamespaces, deleteNamespace, findCommand, inNamespace, ip, IP, kill, waitForUp } from '../support/netns.js';
 import { waitUntil } from '../support/wait.js';
 
 /*
@@ -218,17 +218,7 @@ async function startUnderstudy(node: Node): Promise<void> {
   node.understudy = up;
   const output = captureTail([up.stdout, up.stderr]);
   node.output.set('understudy', output);
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${node.name}: understudy up sent nothing within 20 s:\n${output()}`)), 20_000);
-    up.once('message', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    up.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${node.name}: understudy up exited with ${code}:\n${output()}`));
-    });
-  });
+  await waitForUp(up, node.name, output);
   // The check keepalived runs, run here the same way: it passes once the service has an instance.
   await waitUntil(
     async () => {
@@ -391,3 +381,15 @@ export function killAll(node: Node, { model }: { model: boolean }): void {
   if (model) kill(node.model?.pid);
 }
 
+
+/** Both nodes up, n1 holding the VIP, n2 in BACKUP, and a client answered by n1. */
+export async function readySite(): Promise<{ site: Site; client: Client }> {
+  const site = await makeSite();
+  await startNode(site, 'n1');
+  await waitForHolder(site, 'n1');
+  await startNode(site, 'n2');
+  await waitForBackup(site, 'n2');
+  const client = startClient(site);
+  await answered(client, 'n1', 20);
+  return { site, client };
+}

@@ -10,7 +10,7 @@ import {
   type Client,
   type Site,
   type Failover,
-  makeSite,
+  readySite,
   startNode,
   transitions,
   holds,
@@ -52,14 +52,9 @@ describe.skipIf(skipReason !== undefined)(`keepalived moves the virtual IP betwe
 
   /** Both nodes up, n1 holding the VIP, n2 in BACKUP, the client answered by n1. */
   async function ready(): Promise<{ site: Site; client: Client }> {
-    site = await makeSite();
-    await startNode(site, 'n1');
-    await waitForHolder(site, 'n1');
-    await startNode(site, 'n2');
-    await waitForBackup(site, 'n2');
-    const client = startClient(site);
-    await answered(client, 'n1', 20);
-    return { site, client };
+    const made = await readySite();
+    site = made.site;
+    return made;
   }
 
   async function afterKill(s: Site, client: Client, killAt: number, label: string): Promise<Failover> {

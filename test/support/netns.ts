@@ -84,3 +84,18 @@ export async function execIn(ns: string, command: string, args: string[], timeou
   const { stdout } = await run(IP!, ['netns', 'exec', ns, command, ...args], { timeout: timeoutMs });
   return stdout;
 }
+
+/** Waits for `understudy up` (run with an IPC channel, e.g. by inNamespace) to say it is up; fails with its output if it exits or stays silent for 20 s. */
+export function waitForUp(up: ChildProcess, name: string, output: () => string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name}: understudy up sent nothing within 20 s:\n${output()}`)), 20_000);
+    up.once('message', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    up.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${name}: understudy up exited with ${code}:\n${output()}`));
+    });
+  });
+}
