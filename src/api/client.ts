@@ -1,7 +1,21 @@
+import { hostname, userInfo } from 'node:os';
 import { request, type Dispatcher } from 'undici';
+import { ACTOR_HEADER, CLIENT_HEADER } from './actor.js';
 import type { Config } from '../config/index.js';
 import { readToken, TOKEN_ENV, tokenFile } from './token.js';
 import { UnderstudyError } from '../core/index.js';
+
+/** Who asks, recorded with every action (the `operator-action` event): $UNDERSTUDY_ACTOR, else user@host. */
+function actor(): string {
+  if (process.env.UNDERSTUDY_ACTOR) return process.env.UNDERSTUDY_ACTOR;
+  try {
+    return `${userInfo().username}@${hostname()}`;
+  } catch {
+    return `unknown@${hostname()}`;
+  }
+}
+
+const ACTOR_HEADERS = { [ACTOR_HEADER]: actor(), [CLIENT_HEADER]: 'cli' };
 
 /** Talks to a running Understudy's admin API, found through its config file. */
 export class AdminClient {
@@ -49,7 +63,7 @@ export class AdminClient {
     try {
       response = await request(`${base}${path}`, {
         method,
-        headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json', ...headers },
+        headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json', ...ACTOR_HEADERS, ...headers },
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout(60_000),
       });

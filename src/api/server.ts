@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -8,9 +9,12 @@ import { ClusterError } from '../cluster/index.js';
 import { ConfigError, parseDuration } from '../config/index.js';
 import { ReleaseError, type Understudy } from '../controller/index.js';
 import { UnderstudyError } from '../core/index.js';
-import { DrillError, FAULT_KINDS, type FaultKind } from '../drill/index.js';
+import { DrillError, FAULT_KINDS, renderTimelineSvg, type FaultKind } from '../drill/index.js';
 import { itemsInOrder, JobError, resultBytes, resultLine, StoreError, type JobState, type JobView } from '../jobs/index.js';
+import { actorOf } from './actor.js';
+import { LiveFeed } from './live.js';
 import { tokenMatches } from './token.js';
+import { hostRefusal, UiAssets } from './ui.js';
 
 const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed', 'cancelled']);
 
@@ -41,6 +45,15 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   POST /v1/services/:service/drill {"fault","instance"?}  begin a drill (202; its report follows as drill-finished)
  *   GET  /v1/drills?service=         drill reports kept, oldest first, and the next scheduled drills
  *   GET  /v1/drills/:id              one report, whole (samples, states, marks)
+ *   GET  /v1/drills/:id/timeline.svg its timeline picture
+ *
+ *   GET  /ui/                        the dashboard (its files need no token; everything it shows does)
+ *   GET  /v1/live                    server-sent events for the dashboard: hello, event, status, job, traffic
+ *   GET  /v1/traffic                 per instance and second: requests, errors, p50/p95 ms; the last requests per service
+ *   GET  /v1/logs?request=           the log lines kept in memory that mention a request or trace id
+ *
+ * Every POST is recorded as an operator-action event, with who asked (X-Understudy-Actor)
+ * and through what (X-Understudy-Client: dashboard or cli).
  *   GET  /v1/alerts?service=&limit=  alerts raised, newest last, and whether each was sent
  *   GET  /v1/snapshots/:id           its manifest
  *   POST /v1/snapshots/verify {"id"?}  re-hash every blob; names each damaged file
@@ -52,17 +65,21 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   GET  /v1/jobs/:id                the job with its progress
  *   POST /v1/jobs/:id/pause|resume|cancel
  *   GET  /v1/jobs/:id/stream         server-sent events: progress until the job ends
- *   GET  /v1/jobs/:id/results        JSON Lines, one result per item in item order
+ *   GET  /v1/jobs/:id/results?bodies=0  JSON Lines, one result per item in item order (bodies=0: without the answers)
  *   GET  /v1/jobs/:id/items/:index/body   the raw body of one item's result
  *   GET  /v1/jobs/:id/output         the joined output (join: wav or concat), once the job ended
  */
 export class AdminServer {
   private server: Server | undefined;
+  private readonly ui = new UiAssets();
+  readonly live: LiveFeed;
 
   constructor(
     private readonly app: Understudy,
     private readonly token: string,
-  ) {}
+  ) {
+    this.live = new LiveFeed(app);
+  }
 
   async start(): Promise<{ host: string; port: number }> {
     const { host, port } = this.app.config.admin.listen;
@@ -86,6 +103,7 @@ export class AdminServer {
     const server = this.server;
     this.server = undefined;
     if (!server) return;
+    this.live.close();
     await new Promise<void>((resolve) => {
       server.close(() => resolve());
       server.closeAllConnections();
@@ -132,8 +150,24 @@ export class AdminServer {
       res.writeHead(200, { 'content-type': registry.contentType }).end(text);
       return;
     }
+    const { listen, allowedHosts } = this.app.config.admin;
+    const refused = hostRefusal(req, listen.host, allowedHosts);
+    if (refused !== undefined) return send(res, 403, { error: { code: 'WRONG_HOST', message: refused } });
+    // No CORS, ever: a page on another site cannot read any answer, nor send the token header.
+    if (req.method === 'OPTIONS') return send(res, 405, { error: { code: 'NO_CORS', message: 'the admin API answers its own pages only' } });
+    if ((req.method === 'GET' || req.method === 'HEAD') && (url.pathname === '/' || url.pathname === '/ui' || url.pathname.startsWith('/ui/'))) {
+      return this.ui.serve(req, res, url.pathname);
+    }
     if (!tokenMatches(req.headers.authorization, this.token)) {
       return send(res, 401, { error: { code: 'UNAUTHORIZED', message: 'send Authorization: Bearer <admin token>' } });
+    }
+    if (req.method === 'POST') this.record(req, res, url.pathname);
+    if (route === 'GET /v1/live') return this.live.attach(req, res);
+    if (route === 'GET /v1/traffic') return send(res, 200, { series: this.app.traffic.series(), last: this.app.traffic.lastRequests() });
+    if (route === 'GET /v1/logs') {
+      const request = url.searchParams.get('request') ?? '';
+      if (!/^[\w.:-]{4,128}$/.test(request)) return send(res, 400, { error: { code: 'BAD_FIELD', message: 'request is a request or trace id' } });
+      return send(res, 200, { request, lines: this.app.logLines.find(request), access: this.app.config.log.access });
     }
     if (route === 'GET /v1/status') {
       return send(res, 200, { services: Object.fromEntries(this.app.status().map((s) => [s.name, s])) });
@@ -184,6 +218,17 @@ export class AdminServer {
       return send(res, 200, { alerts: alerts.map(({ event: _event, ...alert }) => alert) });
     }
 
+    const picture = /^\/v1\/drills\/([^/]+)\/timeline\.svg$/.exec(url.pathname);
+    if (route.startsWith('GET ') && picture) {
+      try {
+        const svg = renderTimelineSvg(await this.app.drills.get(decodeURIComponent(picture[1]!)));
+        res.writeHead(200, { 'content-type': 'image/svg+xml', 'content-length': Buffer.byteLength(svg), 'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'" }).end(svg);
+        return;
+      } catch (error) {
+        if (error instanceof DrillError) return send(res, error.status, { error: { code: error.code, message: error.message } });
+        throw error;
+      }
+    }
     const drill = /^\/v1\/(?:services\/([^/]+)\/drill|drills(?:\/([^/]+))?)$/.exec(url.pathname);
     if (drill) {
       try {
@@ -219,7 +264,8 @@ export class AdminServer {
         }
         // In a cluster the leader moves traffic, and every node follows it.
         this.app.mustLead(`switch ${service.config.name} over`);
-        rejected = service.dispatch({ type: 'switchover', to });
+        const { by, via } = actorOf(req);
+        rejected = service.dispatch({ type: 'switchover', to, reason: `switchover requested by ${by} via ${via}` });
       } else if ((verb === 'drain' || verb === 'resume') && instance !== undefined) {
         // So is a drain: the leader publishes what it holds, and every node holds the same.
         this.app.mustLead(`${verb} ${service.config.name}/${decodeURIComponent(instance)}`);
@@ -231,6 +277,51 @@ export class AdminServer {
       return send(res, 200, { ok: true, service: service.view() });
     }
     return notFound(res);
+  }
+
+  /**
+   * Records an action (every POST) as an `operator-action` event once it is answered:
+   * who asked, through what, whether it was taken up, and why not.
+   */
+  private record(req: IncomingMessage, res: ServerResponse, pathname: string): void {
+    const { by, via } = actorOf(req);
+    const parts = pathname.split('/').slice(2).map(decodeURIComponent);
+    res.once('finish', () => {
+      const answer = answers.get(res) as { error?: { message?: string }; job?: { id?: string; service?: string }; snapshot?: { service?: string } } | undefined;
+      let action = parts.join(' ');
+      let target = '*';
+      let service = '*';
+      if (parts[0] === 'services' && parts[1] !== undefined) {
+        service = parts[1];
+        target = parts[2] === 'instances' && parts[3] !== undefined ? `${parts[1]}/${parts[3]}` : parts[1];
+        action = parts[parts.length - 1]!;
+      } else if (parts[0] === 'jobs') {
+        target = answer?.job?.id ?? parts[1] ?? 'job';
+        service = answer?.job?.service ?? '*';
+        action = parts[2] === undefined ? 'submit job' : `${parts[2]} job`;
+      } else if (parts[0] === 'snapshots') {
+        target = parts[1] === undefined || parts[1] === 'verify' || parts[1] === 'prune' ? 'snapshots' : parts[1];
+        service = answer?.snapshot?.service ?? '*';
+        action = parts[1] === undefined ? 'snapshot' : parts[1] === 'verify' || parts[1] === 'prune' ? `${parts[1]} snapshots` : `${parts[2] ?? 'change'} snapshot`;
+      } else if (parts[0] === 'cluster' || parts[0] === 'config') {
+        action = parts.join(' ');
+        target = parts[0];
+      }
+      const outcome = res.statusCode < 400 ? 'accepted' : 'refused';
+      const why = outcome === 'accepted' ? `${action} ${target} requested by ${by} via ${via}` : `${action} ${target} refused (${res.statusCode}): ${answer?.error?.message ?? 'no reason given'}`;
+      this.app.events.publish({
+        type: 'operator-action',
+        action,
+        target,
+        by,
+        via,
+        outcome,
+        reason: why,
+        service,
+        time: Date.now(),
+        traceId: String(req.headers['x-request-id'] ?? '') || randomBytes(8).toString('hex'),
+      });
+    });
   }
 
   private async snapshots(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
@@ -354,8 +445,14 @@ export class AdminServer {
       await jobs.view(id); // 404 for an unknown job
       const store = this.app.jobStore();
       const jobId = id;
+      // bodies=0: what each item did, without its answer (the dashboard's job page).
+      const bodies = url.searchParams.get('bodies') !== '0';
       async function* lines() {
-        for await (const item of itemsInOrder(store, jobId)) yield `${JSON.stringify(resultLine(item))}\n`;
+        for await (const item of itemsInOrder(store, jobId)) {
+          const line = resultLine(item);
+          if (!bodies) for (const key of ['json', 'text', 'base64']) delete line[key];
+          yield `${JSON.stringify(line)}\n`;
+        }
       }
       res.writeHead(200, { 'content-type': 'application/x-ndjson' });
       // pipeline: backpressure, and a client that leaves (or a store that fails midway) ends both sides.
@@ -438,7 +535,11 @@ export class AdminServer {
   }
 }
 
+/** What each POST answered, read back when it is recorded as an operator-action. */
+const answers = new WeakMap<ServerResponse, unknown>();
+
 function send(res: ServerResponse, status: number, body: unknown): void {
+  answers.set(res, body);
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) }).end(text);
 }

@@ -42,7 +42,11 @@ export function formatStatus(services: ServiceView[]): string {
 }
 
 export function formatEvent(event: UnderstudyEvent): string {
-  const time = new Date(event.time).toISOString();
+  return `${new Date(event.time).toISOString()}  ${event.service}  ${eventSummary(event)}: ${event.reason}`;
+}
+
+/** What happened, in a few words (the timeline's line before the reason; the dashboard's too). */
+export function eventSummary(event: UnderstudyEvent): string {
   let what: string;
   switch (event.type) {
     case 'instance-state':
@@ -122,10 +126,13 @@ export function formatEvent(event: UnderstudyEvent): string {
     case 'config-refused':
       what = `${event.node}: ${event.type} revision ${event.revision}`;
       break;
+    case 'operator-action':
+      what = `${event.by} via ${event.via}: ${event.action} ${event.target} ${event.outcome}`;
+      break;
     default:
       what = `${event.type} ${event.instance}`;
   }
-  return `${time}  ${event.service}  ${what}: ${event.reason}`;
+  return what;
 }
 
 const BAR = 24;

@@ -652,8 +652,13 @@ export const configSchema = z.strictObject({
       listen: listen('127.0.0.1').default({ host: '127.0.0.1', port: 9901 }),
       /** Bearer token; default: $UNDERSTUDY_ADMIN_TOKEN, else generated into stateDir/admin.token. */
       token: z.string().min(8, { message: 'must be at least 8 characters' }).optional(),
+      /**
+       * Host names (besides localhost and 127.0.0.1) the admin API and dashboard answer for
+       * while listening on loopback, e.g. the name of an SSH tunnel or a reverse proxy. Default none.
+       */
+      allowedHosts: z.array(z.string().min(1).transform((s) => s.toLowerCase())).default([]),
     })
-    .default({ listen: { host: '127.0.0.1', port: 9901 } }),
+    .default({ listen: { host: '127.0.0.1', port: 9901 }, allowedHosts: [] }),
   log: z
     .strictObject({
       level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

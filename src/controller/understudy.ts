@@ -5,7 +5,7 @@ import { BackupError, SnapshotStore } from '../backup/index.js';
 import { ClusterError, ClusterNode, DesiredStates, EtcdCoordination, fencedStore, PgJobStore, SharedConfig, type ClusterView, type LeaderView } from '../cluster/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
 import { JobError, JobFiles, JobRunner, ThreadedJobStore, type JobStore } from '../jobs/index.js';
-import { Alerter, EventLog, Metrics, createLogger, type Logger } from '../observe/index.js';
+import { Alerter, EventLog, LogRing, Metrics, RecentTraffic, createLogger, type Logger } from '../observe/index.js';
 import { Gateway, Idempotency, type ListenerSpec, type ProxyHooks, type RequestReport } from '../proxy/index.js';
 import { Backups } from './backups.js';
 import { Deployer } from './deploy.js';
@@ -28,6 +28,10 @@ export class Understudy {
   /** Alerts raised from events (a failed backup or rollback, a quarantine...), sent to the configured webhooks and command. */
   readonly alerts: Alerter;
   readonly drills: Drills;
+  /** The gateway's recent figures per instance (the dashboard's charts and "who answered"). */
+  readonly traffic: RecentTraffic;
+  /** The newest log lines, kept for the dashboard (a request id leads to its lines). */
+  readonly logLines = new LogRing();
   private readonly services = new Map<string, ServiceController>();
   private readonly gateway: Gateway;
   /** Which of the gateway's listeners serves each service. */
@@ -61,7 +65,8 @@ export class Understudy {
     this.running = config;
     const clock = options.clock ?? systemClock;
     this.clock = clock;
-    this.log = options.log ?? createLogger(config.log.level);
+    this.log = options.log ?? createLogger(config.log.level, this.logLines);
+    this.traffic = new RecentTraffic(() => clock.now());
     this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'), (error) =>
       this.log.error({ err: error }, 'could not write the event log; events are kept in memory'),
     );
@@ -529,6 +534,7 @@ export class Understudy {
         const outcome = report.outcome === 'ok' ? String(report.status) : report.outcome;
         this.metrics.requests.inc({ service: report.service, instance: report.instance ?? 'none', outcome });
         this.metrics.duration.observe({ service: report.service, outcome: report.outcome }, report.ms / 1000);
+        this.traffic.record(report);
         if (access || report.outcome !== 'ok') {
           const level = report.outcome === 'ok' || report.outcome === 'client-abort' ? 'info' : 'warn';
           this.log[level]({ ...report, ms: Math.round(report.ms * 100) / 100 }, 'request');

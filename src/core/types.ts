@@ -95,7 +95,22 @@ export type EventBody =
   | SnapshotEventBody
   | DrillEventBody
   | StreamEventBody
-  | ClusterEventBody;
+  | ClusterEventBody
+  | OperatorEventBody;
+
+/**
+ * A person asked for something through the admin API (the dashboard or the CLI):
+ * `by` is who they said they are, `via` what they used, `outcome` whether it was taken up.
+ */
+export type OperatorEventBody = {
+  type: 'operator-action';
+  action: string;
+  target: string;
+  by: string;
+  via: string;
+  outcome: 'accepted' | 'refused';
+  reason: string;
+};
 
 /** Per (instance, model) health and streams that moved: see docs/streams.md. */
 export type StreamEventBody =

@@ -39,6 +39,9 @@ export interface JobView extends JobRecord {
   outputs: { results: string; joined: string | null };
 }
 
+/** The listener key of subscribeAll: job ids are never empty. */
+const ALL_JOBS = '';
+
 type RunnerState = 'created' | 'running' | 'closing' | 'closed';
 
 /**
@@ -153,6 +156,11 @@ export class JobRunner {
     };
   }
 
+  /** Calls `listener` with any job's view whenever it changes (the dashboard's live feed), until the returned function is called. */
+  subscribeAll(listener: (view: JobView) => void): () => void {
+    return this.subscribe(ALL_JOBS, listener);
+  }
+
   /** Stops every job here without changing what the store says: running jobs continue at the next start. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -166,7 +174,10 @@ export class JobRunner {
 
   /** @internal */
   listenersOf(id: string): ReadonlySet<(view: JobView) => void> | undefined {
-    return this.listeners.get(id);
+    const own = this.listeners.get(id);
+    const all = this.listeners.get(ALL_JOBS);
+    if (!all) return own;
+    return own ? new Set([...own, ...all]) : all;
   }
 
   /** @internal */

@@ -1,28 +1,10 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../src/config/index.js';
-import { Understudy } from '../../src/controller/index.js';
+import type { Understudy } from '../../src/controller/index.js';
 import { DrillError, FAULT_KINDS } from '../../src/drill/index.js';
-import { freePorts } from '../support/ports.js';
-
-const DEMO = path.resolve('examples/demo/understudy.yaml');
-
-/**
- * The bundled demo as `npm start` runs it (real espeak-ng TTS and pocketsphinx ASR
- * servers), moved onto free ports and a fresh state directory.
- */
-async function demo(stateDir: string): Promise<Understudy> {
-  let text = readFileSync(DEMO, 'utf8').replace(/^stateDir: .*$/m, `stateDir: ${stateDir}`);
-  const fixed = ['9901', '8080', '8081', '7101', '7102', '7103', '7201', '7202'];
-  const ports = await freePorts(fixed.length);
-  fixed.forEach((port, i) => (text = text.replaceAll(port, String(ports[i]))));
-  // Parsed as if it were the demo's own file, so its relative paths (../tts-server) hold.
-  const config = parseConfig(text, DEMO);
-  return new Understudy(config, { log: pino({ level: process.env.TEST_LOG ?? 'silent' }) });
-}
+import { demo } from '../support/demo.js';
 
 describe('drills against the bundled demo', () => {
   let app: Understudy;
