@@ -23,7 +23,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { cwd: dir });
+    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { cwd: dir, env: { ...process.env, UNDERSTUDY_ACTOR: 'carol' } });
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code: number; stdout: string; stderr: string };
@@ -167,7 +167,13 @@ describe('understudy up, status, switchover, events', () => {
     expect(refused).toMatchObject({ code: 1, stderr: 'understudy: service infer has no instance ghost\n' });
 
     const events = await cli('events', '--service', 'infer', '--type', 'active-changed', '-c', config());
-    expect(events.stdout).toMatch(/infer {2}active primary → hot \(switchover\): switchover requested\n$/);
+    expect(events.stdout).toMatch(/infer {2}active primary → hot \(switchover\): switchover requested by carol \(127\.0\.0\.1\) via cli\n$/);
+    // Who asked is on record, the refused request too.
+    const actions = (await cli('events', '--type', 'operator-action', '--json', '-c', config())).stdout.trim().split('\n').map((line) => JSON.parse(line));
+    expect(actions).toEqual([
+      expect.objectContaining({ action: 'switchover', target: 'infer', by: 'carol (127.0.0.1)', via: 'cli', outcome: 'accepted' }),
+      expect.objectContaining({ action: 'switchover', target: 'infer', by: 'carol (127.0.0.1)', via: 'cli', outcome: 'refused' }),
+    ]);
 
     const pids = JSON.parse((await cli('status', '--json', '-c', config())).stdout).infer.instances.map((i: { pid: number }) => i.pid);
     up.kill('SIGTERM');
