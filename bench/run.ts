@@ -14,6 +14,7 @@ import { understudy } from './proxies/understudy.js';
 import { renderMarkdown, saveReport, type BenchReport } from './report.js';
 import { clusterSection, runCluster, type ClusterResult } from './scenarios/cluster.js';
 import { runCold } from './scenarios/cold.js';
+import { dashboardSection, runDashboard, type DashboardResult } from './scenarios/dashboard.js';
 import { runFaults } from './scenarios/faults.js';
 import { runJobs } from './scenarios/jobs.js';
 import { runOverhead } from './scenarios/overhead.js';
@@ -26,10 +27,10 @@ import { progress } from './workload.js';
 
 const RESULTS_DIR = fileURLToPath(new URL('results/', import.meta.url));
 const LAUNCHERS: ProxyLauncher[] = [nginx, haproxy, understudy, nodeFloor];
-const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback', 'streams', 'cluster'] as const;
+const SCENARIOS = ['faults', 'cold', 'overhead', 'jobs', 'snapshot', 'rollback', 'streams', 'cluster', 'dashboard'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
-const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback,streams,cluster]`;
+const USAGE = `usage: tsx bench/run.ts [--only nginx,haproxy,understudy,node-floor] [--scenario faults,cold,overhead,jobs,snapshot,rollback,streams,cluster,dashboard]`;
 
 function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
   if (value === undefined) return [...allowed];
@@ -73,8 +74,9 @@ async function bench(options: Options, root: string): Promise<void> {
   if (runs('jobs') && !hasUnderstudy) skipped.push('durable jobs: needs Understudy');
   if (runs('streams') && !hasUnderstudy) skipped.push('streams continued: needs Understudy');
   if (runs('cluster') && !hasUnderstudy) skipped.push('cluster: needs Understudy');
+  if (runs('dashboard') && !hasUnderstudy) skipped.push('dashboard: needs Understudy');
 
-  const report: BenchReport & { cluster?: ClusterResult | null; vip?: VipResult | null } = {
+  const report: BenchReport & { cluster?: ClusterResult | null; vip?: VipResult | null; dashboard?: DashboardResult | null } = {
     date: new Date().toISOString(),
     environment: {
       cpu: os.cpus()[0]?.model ?? 'unknown CPU',
@@ -92,9 +94,10 @@ async function bench(options: Options, root: string): Promise<void> {
     streams: runs('streams') && hasUnderstudy ? await runStreams(root) : null,
     cluster: runs('cluster') && hasUnderstudy ? await runCluster(root, skipped) : null,
     vip: runs('cluster') && hasUnderstudy ? await runVip(skipped) : null,
+    dashboard: runs('dashboard') && hasUnderstudy ? await runDashboard(root, skipped) : null,
   };
 
-  const markdown = `${renderMarkdown(report)}${report.cluster ? `\n${clusterSection(report.cluster)}\n` : ''}${report.vip ? `\n${vipSection(report.vip)}\n` : ''}`;
+  const markdown = `${renderMarkdown(report)}${report.cluster ? `\n${clusterSection(report.cluster)}\n` : ''}${report.vip ? `\n${vipSection(report.vip)}\n` : ''}${report.dashboard ? `\n${dashboardSection(report.dashboard)}\n` : ''}`;
   process.stdout.write(markdown);
   progress(`saved ${await saveReport(report, markdown, RESULTS_DIR)}`);
 }

@@ -1,5 +1,5 @@
 import type { ComponentChildren } from 'preact';
-import { useEffect, useRef, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import uPlot from 'uplot';
 import { api, type Session } from './api.js';
 import { ago, fullTime, localTime, serverNow, type Tone } from './format.js';
@@ -31,7 +31,9 @@ export function When({ time, short }: { time: number; short?: boolean }) {
 export function TrafficChart({ seconds, label }: { seconds: TrafficSecond[] | undefined; label: string }) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | undefined>(undefined);
-  const data = chartData(seconds);
+  // The window moves once a second and the series grows by a second: redraw on those, not on every render.
+  const end = Math.floor(serverNow() / 1000);
+  const data = useMemo(() => chartData(seconds, end), [seconds, seconds?.length, seconds?.at(-1)?.t, end]);
   useEffect(() => {
     const element = box.current!;
     const options: uPlot.Options = {
@@ -73,8 +75,7 @@ export function TrafficChart({ seconds, label }: { seconds: TrafficSecond[] | un
   );
 }
 
-function chartData(seconds: TrafficSecond[] | undefined): uPlot.AlignedData {
-  const end = Math.floor(serverNow() / 1000);
+function chartData(seconds: TrafficSecond[] | undefined, end: number): uPlot.AlignedData {
   const byT = new Map((seconds ?? []).map((s) => [s.t, s]));
   const xs: number[] = [];
   const p50: (number | null)[] = [];

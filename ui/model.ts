@@ -34,6 +34,8 @@ export class Model {
   recoveryStamp = 0;
   clusterStamp = 0;
   jobsStamp = 0;
+  /** When the views were last told to redraw (epoch ms). */
+  drawnAt = 0;
   private version = 0;
   private readonly watchers = new Set<() => void>();
   private frame: number | undefined;
@@ -53,6 +55,7 @@ export class Model {
     if (this.frame !== undefined) return;
     this.frame = requestAnimationFrame(() => {
       this.frame = undefined;
+      this.drawnAt = Date.now();
       for (const watcher of this.watchers) watcher();
     });
   }

@@ -28,6 +28,11 @@ export interface UnderstudyGateway extends RunningProxy {
   events(service: string): Promise<UnderstudyEvent[]>;
   /** GET on the admin API, with the token. */
   admin<T>(route: string): Promise<T>;
+  /** The admin API's origin (the dashboard is at /ui/) and its token. */
+  adminUrl: string;
+  token: string;
+  /** The `understudy up` process, for its CPU time. */
+  pid: number;
 }
 
 /** What each instance of a benchmark service probes, unless it says otherwise. */
@@ -61,6 +66,9 @@ export async function startUnderstudy(services: Record<string, unknown>, dir: st
 
   return {
     url: `http://127.0.0.1:${gatewayPort}`,
+    adminUrl: `http://127.0.0.1:${adminPort}`,
+    token: TOKEN,
+    pid: service.proc.pid!,
     stop: service.stop,
     admin: <T>(route: string) => admin(route) as Promise<T>,
     async events(name) {
