@@ -65,8 +65,15 @@ program
       throw error;
     }
     const gateway = app.gatewayAddresses();
+    const adminHost = adminAddress.host.includes(':') ? `[${adminAddress.host}]` : adminAddress.host;
     app.log.info(
-      { gateway, admin: adminAddress, services: config.services.map((s) => s.name), tokenFile: config.admin.token ? undefined : tokenFile(config) },
+      {
+        gateway,
+        admin: adminAddress,
+        dashboard: `http://${adminHost}:${adminAddress.port}/ui/`,
+        services: config.services.map((s) => s.name),
+        tokenFile: config.admin.token ? undefined : tokenFile(config),
+      },
       'understudy is up',
     );
     process.send?.({ type: 'up', gateway, admin: adminAddress });
