@@ -8,7 +8,7 @@ import { BackupError } from '../backup/index.js';
 import { ClusterError } from '../cluster/index.js';
 import { ConfigError, parseDuration } from '../config/index.js';
 import { ReleaseError, type Understudy } from '../controller/index.js';
-import { UnderstudyError } from '../core/index.js';
+import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
 import { DrillError, FAULT_KINDS, renderTimelineSvg, type FaultKind } from '../drill/index.js';
 import { itemsInOrder, JobError, resultBytes, resultLine, StoreError, type JobState, type JobView } from '../jobs/index.js';
 import { actorOf } from './actor.js';
@@ -330,7 +330,13 @@ export class AdminServer {
     const method = req.method ?? 'GET';
     if (id === undefined && method === 'GET') {
       const service = url.searchParams.get('service') ?? undefined;
-      return send(res, 200, { snapshots: await backups.store.list({ service }), schedules: backups.nextRuns() });
+      const verified = lastVerified(this.app.events.list({ type: 'snapshots-verified' }));
+      const snapshots = (await backups.store.list({ service })).map((s) => ({
+        ...s,
+        // A snapshot is read back and hashed when taken; a later `verify` says more.
+        verified: verified.get(s.id) ?? (s.broken ? null : { at: s.createdAt, ok: true, by: 'taken' as const }),
+      }));
+      return send(res, 200, { snapshots, schedules: backups.nextRuns() });
     }
     const body = method === 'POST' ? await readJson(req, 64 * 1024) : {};
     if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
@@ -347,7 +353,7 @@ export class AdminServer {
     }
     if (id === 'verify' && method === 'POST') {
       if (fields.id !== undefined && typeof fields.id !== 'string') return send(res, 400, { error: { code: 'BAD_FIELD', message: '"id" must be a snapshot id' } });
-      return send(res, 200, await backups.store.verify(fields.id as string | undefined));
+      return send(res, 200, await backups.verify(fields.id as string | undefined));
     }
     if (id === 'prune' && method === 'POST') return send(res, 200, await backups.prune(fields.dryRun === true));
     if (id !== undefined && verb === undefined && method === 'GET') return send(res, 200, await backups.store.get(id));
@@ -568,4 +574,14 @@ async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   } catch (error) {
     return new UnderstudyError('BAD_JSON', `the body is not JSON: ${(error as Error).message}`);
   }
+}
+
+/** Each snapshot's newest `snapshots-verified` outcome. */
+function lastVerified(events: UnderstudyEvent[]): Map<string, { at: number; ok: boolean; by: 'verify' }> {
+  const outcome = new Map<string, { at: number; ok: boolean; by: 'verify' }>();
+  for (const event of events) {
+    if (event.type !== 'snapshots-verified') continue;
+    for (const id of event.checked) outcome.set(id, { at: event.time, ok: !event.damaged.includes(id), by: 'verify' });
+  }
+  return outcome;
 }

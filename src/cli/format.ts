@@ -93,6 +93,9 @@ export function eventSummary(event: UnderstudyEvent): string {
     case 'snapshots-pruned':
       what = event.type;
       break;
+    case 'snapshots-verified':
+      what = event.damaged.length === 0 ? `snapshots verified: ${event.checked.length} whole` : `snapshots verified: ${event.damaged.length} DAMAGED`;
+      break;
     case 'drill-started':
       what = `drill ${event.drill}: ${event.fault} on ${event.instances.join(', ')}`;
       break;

@@ -2,7 +2,17 @@ import { createHash } from 'node:crypto';
 import { lstat, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Cron } from 'croner';
-import { BackupError, entrySource, ImageKeeper, type ImageEntry, type Manifest, type SnapshotStore, type SnapshotSummary } from '../backup/index.js';
+import {
+  BackupError,
+  entrySource,
+  ImageKeeper,
+  parseSnapshotId,
+  type ImageEntry,
+  type Manifest,
+  type SnapshotStore,
+  type SnapshotSummary,
+  type VerifyReport,
+} from '../backup/index.js';
 import { atVersion, pathsAtVersion, type Config, type ServiceConfig } from '../config/index.js';
 import type { EventBody } from '../core/index.js';
 import { DurableFile } from '../jobs/index.js';
@@ -130,6 +140,37 @@ export class Backups implements DeployBackups {
       }
     }
     return result;
+  }
+
+  /**
+   * Re-reads every blob of one snapshot (or all) and records the outcome as a
+   * `snapshots-verified` event per service, so the dashboard can say when each was
+   * last found whole, and a damaged one raises an alert.
+   */
+  async verify(id?: string): Promise<VerifyReport> {
+    const report = await this.store.verify(id);
+    const byService = new Map<string, { checked: string[]; damaged: string[] }>();
+    for (const snapshot of report.snapshots) {
+      const service = parseSnapshotId(snapshot.id)?.service;
+      if (service === undefined) continue;
+      const tally = byService.get(service) ?? { checked: [], damaged: [] };
+      tally.checked.push(snapshot.id);
+      if (!snapshot.ok) tally.damaged.push(snapshot.id);
+      byService.set(service, tally);
+    }
+    for (const [service, { checked, damaged }] of byService) {
+      const first = report.problems.find((p) => damaged.includes(p.snapshot));
+      this.deps.publish(service, {
+        type: 'snapshots-verified',
+        checked,
+        damaged,
+        reason:
+          damaged.length === 0
+            ? `${checked.length} snapshot(s) re-read: every one whole`
+            : `${damaged.length} of ${checked.length} snapshot(s) damaged (${damaged.join(', ')})${first ? `: ${first.kind}: ${first.path}` : ''}`,
+      });
+    }
+    return report;
   }
 
   /** Restores a snapshot's files (through staging, then a swap) and its image. */

@@ -184,6 +184,8 @@ export type SnapshotEventBody =
   | { type: 'snapshot-created'; snapshot: string; version: string | null; trigger: string; bytes: number; newBytes: number; reason: string }
   | { type: 'snapshot-failed'; version: string | null; trigger: string; reason: string }
   | { type: 'snapshots-pruned'; deleted: string[]; freedBytes: number; reason: string }
+  /** `snapshot verify` re-read a service's snapshots: which it checked, which are damaged. */
+  | { type: 'snapshots-verified'; checked: string[]; damaged: string[]; reason: string }
   | { type: 'snapshot-restored'; snapshot: string; version: string | null; reason: string };
 
 /** The steps of a deploy, in order: see docs/recovery.md. */

@@ -94,6 +94,9 @@ export function alertFor(event: UnderstudyEvent): { severity: Severity; title: s
         : { severity: 'critical', title: `rollback of ${s} to ${event.to} failed`, instance: null, subject: event.to };
     case 'snapshot-failed':
       return { severity: 'critical', title: `backup of ${s}${event.version === null ? '' : ` ${event.version}`} failed`, instance: null };
+    case 'snapshots-verified':
+      if (event.damaged.length === 0) return undefined;
+      return { severity: 'critical', title: `${event.damaged.length} backup(s) of ${s} damaged: ${event.damaged.join(', ')}`, instance: null, subject: event.damaged.join(',') };
     case 'version-mismatch':
       return {
         severity: 'warning',

@@ -1,7 +1,8 @@
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { AdminServer } from '../../src/api/index.js';
 import { ImageKeeper } from '../../src/backup/index.js';
 import { buildModelServerImage, describeWithDocker, docker, DOCKER_SOCKET, dockerMissing, removeImages, uniqueName } from '../support/docker.js';
 import { alertSink } from '../support/alerts.js';
@@ -93,6 +94,74 @@ services:
       expect(gateway.app.service('infer')!.view()).toMatchObject({ active: 'primary' });
       expect(await versionOf(ports[0]!)).toBe('1');
     } finally {
+      await sink.close();
+    }
+  });
+});
+
+describe('verifying snapshots through the admin API', () => {
+  it('says when each snapshot was last found whole, and a damaged one is an event and a critical alert', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'understudy-backups-'));
+    dirs.push(dir);
+    mkdirSync(path.join(dir, 'models', '1'), { recursive: true });
+    writeFileSync(path.join(dir, 'models', '1', 'model.json'), JSON.stringify({ version: '1' }));
+    writeFileSync(path.join(dir, 'models', '1', 'weights.bin'), Buffer.alloc(32 * 1024, 7));
+    const ports = await freePorts(2);
+    const sink = await alertSink();
+    const instance = (name: string, tier: string, port: number) => versionedInstance(dir, name, tier, port);
+    const gateway = await startGateway(`stateDir: STATE
+gateway: { listen: "127.0.0.1:0" }
+admin: { listen: "127.0.0.1:0" }
+alerts: { webhooks: ["${sink.url}"] }
+services:
+  infer:
+    route: { pathPrefix: / }
+    version: { expect: "1" }
+    backup: { paths: ["${dir}/models/\${version}"] }
+    instances:${instance('primary', 'primary', ports[0]!)}${instance('hot', 'hot', ports[1]!)}
+`);
+    const admin = new AdminServer(gateway.app, 'verify-test-token');
+    const { port } = await admin.start();
+    const call = async (method: string, route: string, body?: unknown) => {
+      const response = await fetch(`http://127.0.0.1:${port}${route}`, {
+        method,
+        headers: { authorization: 'Bearer verify-test-token', 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+    };
+    type Listed = { id: string; verified: { at: number; ok: boolean; by: string } | null };
+    try {
+      await gateway.event((e) => e.type === 'active-changed' && e.to === 'primary', 20_000, 'the primary serving');
+      const taken = await call('POST', '/v1/snapshots', { service: 'infer' });
+      expect(taken.status).toBe(201);
+      const id = (taken.body.snapshot as { id: string }).id;
+      const listed = async () => ((await call('GET', '/v1/snapshots')).body.snapshots as Listed[]).find((s) => s.id === id)!;
+      // Read back and hashed when taken.
+      expect((await listed()).verified).toMatchObject({ ok: true, by: 'taken' });
+
+      const whole = await call('POST', '/v1/snapshots/verify', {});
+      expect(whole.body).toMatchObject({ ok: true });
+      expect((await listed()).verified).toMatchObject({ ok: true, by: 'verify' });
+      expect(gateway.app.events.list({ type: 'snapshots-verified' }).at(-1)).toMatchObject({ service: 'infer', checked: [id], damaged: [] });
+
+      // One byte of the weights changes in the store (a failing disk).
+      const { manifest } = await gateway.app.backups.store.get(id);
+      const sha = manifest.entries.find((e) => e.path.endsWith('weights.bin'))!.sha256!;
+      const blob = path.join(gateway.app.backups.store.dir, 'blobs', 'sha256', sha.slice(0, 2), sha);
+      const content = readFileSync(blob);
+      content[100] = content[100]! ^ 0xff;
+      writeFileSync(blob, content);
+
+      const damaged = await call('POST', '/v1/snapshots/verify', {});
+      expect(damaged.body).toMatchObject({ ok: false });
+      expect((await listed()).verified).toMatchObject({ ok: false, by: 'verify' });
+      expect(gateway.app.events.list({ type: 'snapshots-verified' }).at(-1)).toMatchObject({ service: 'infer', checked: [id], damaged: [id] });
+      const alert = await sink.next((a) => a.kind === 'snapshots-verified');
+      expect(alert).toMatchObject({ service: 'infer', severity: 'critical' });
+      expect(alert.title).toContain(id);
+    } finally {
+      await admin.close();
       await sink.close();
     }
   });

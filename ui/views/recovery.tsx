@@ -15,6 +15,36 @@ interface Releases {
   running: DeployView | null;
 }
 
+/** A snapshot as GET /v1/snapshots lists it: when it was last found whole (when taken, or by a verify). */
+type ListedSnapshot = SnapshotListing & { verified: { at: number; ok: boolean; by: 'taken' | 'verify' } | null };
+
+function SnapshotState({ snapshot: s }: { snapshot: ListedSnapshot }) {
+  if (s.broken) return <Badge tone="bad">damaged: {s.problem}</Badge>;
+  const known = s.knownGood ? ' · known-good' : '';
+  if (s.verified && !s.verified.ok) {
+    return (
+      <>
+        <Badge tone="bad">damaged</Badge> found by verify <When time={s.verified.at} short />
+        {known}
+      </>
+    );
+  }
+  if (s.verified?.by === 'verify') {
+    return (
+      <>
+        <Badge tone="good">verified</Badge> <When time={s.verified.at} short />
+        {known}
+      </>
+    );
+  }
+  return (
+    <>
+      <Badge tone="good">verified when taken</Badge>
+      {known}
+    </>
+  );
+}
+
 /** Releases and known-good versions, snapshots, drill reports and alerts: refetched when such an event arrives. */
 export function RecoveryView({ model, session, ask }: { model: Model; session: Session; ask: (c: Confirm) => void }) {
   const names = model.services.map((s) => s.name);
@@ -22,7 +52,7 @@ export function RecoveryView({ model, session, ask }: { model: Model; session: S
     () => Promise.all(names.map((name) => api<Releases>(session, 'GET', `/v1/services/${encodeURIComponent(name)}/releases`))),
     `${model.recoveryStamp}:${names.join(',')}`,
   );
-  const snapshots = useFetched(() => api<{ snapshots: SnapshotListing[]; schedules: unknown }>(session, 'GET', '/v1/snapshots'), model.recoveryStamp);
+  const snapshots = useFetched(() => api<{ snapshots: ListedSnapshot[]; schedules: unknown }>(session, 'GET', '/v1/snapshots'), model.recoveryStamp);
   const drills = useFetched(() => api<{ drills: DrillSummary[] }>(session, 'GET', '/v1/drills'), model.recoveryStamp);
   const alerts = useFetched(() => api<{ alerts: Omit<Alert, 'event'>[] }>(session, 'GET', '/v1/alerts?limit=50'), model.recoveryStamp);
   const [picture, setPicture] = useState<{ id: string; url: string } | undefined>();
@@ -163,7 +193,7 @@ export function RecoveryView({ model, session, ask }: { model: Model; session: S
                   <td>{s.service}</td>
                   <td>{s.broken ? '–' : (s.version ?? '–')}</td>
                   <td>
-                    {s.broken ? <Badge tone="bad">damaged: {s.problem}</Badge> : <Badge tone="good">intact{s.knownGood ? ', known-good' : ''}</Badge>}
+                    <SnapshotState snapshot={s} />
                   </td>
                   <td>{s.broken ? '–' : `${bytes(s.totals.bytes)} (${bytes(s.totals.newBytes)} new)`}</td>
                   <td>
