@@ -89,6 +89,8 @@ export class Model {
         const series = (this.traffic[service] ??= {});
         for (const [instance, second] of Object.entries(byInstance)) {
           const list = (series[instance] ??= []);
+          // A second the hello already had (closed just before the page connected) is not added twice.
+          if (list.some((s) => s.t === second.t)) continue;
           list.push(second);
           if (list.length > CHART_SECONDS * 2) list.splice(0, list.length - CHART_SECONDS * 2);
         }

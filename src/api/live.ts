@@ -39,7 +39,7 @@ export class LiveFeed {
     });
     res.write(`retry: 1000\n\n`);
     // Seconds left open since the last request (no page was watching) are closed first.
-    if (this.pages.size === 0) this.app.traffic.tick();
+    this.app.traffic.settle();
     const hello = {
       time: Date.now(),
       node: this.app.config.cluster?.node ?? null,

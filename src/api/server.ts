@@ -163,7 +163,10 @@ export class AdminServer {
     }
     if (req.method === 'POST') this.record(req, res, url.pathname);
     if (route === 'GET /v1/live') return this.live.attach(req, res);
-    if (route === 'GET /v1/traffic') return send(res, 200, { series: this.app.traffic.series(), last: this.app.traffic.lastRequests() });
+    if (route === 'GET /v1/traffic') {
+      this.app.traffic.settle();
+      return send(res, 200, { series: this.app.traffic.series(), last: this.app.traffic.lastRequests() });
+    }
     if (route === 'GET /v1/logs') {
       const request = url.searchParams.get('request') ?? '';
       if (!/^[\w.:-]{4,128}$/.test(request)) return send(res, 400, { error: { code: 'BAD_FIELD', message: 'request is a request or trace id' } });

@@ -56,6 +56,8 @@ export class RecentTraffic {
   private readonly open = new Map<string, Map<string, OpenSecond>>();
   private readonly closed = new Map<string, Map<string, TrafficSecond[]>>();
   private readonly last = new Map<string, RecentRequest[]>();
+  /** Seconds closed since the last tick (by it, by a request in a later second, or by settle), for the next tick to hand out. */
+  private unsent: { service: string; instance: string; second: TrafficSecond }[] = [];
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -67,7 +69,7 @@ export class RecentTraffic {
     if (!byInstance) this.open.set(report.service, (byInstance = new Map()));
     let second = byInstance.get(instance);
     if (second && second.t !== t) {
-      this.close(report.service, instance, second);
+      this.unsent.push({ service: report.service, instance, second: this.close(report.service, instance, second) });
       second = undefined;
     }
     if (!second) byInstance.set(instance, (second = { t, n: 0, errors: 0, samples: [] }));
@@ -84,25 +86,45 @@ export class RecentTraffic {
     if (list.length > LAST_REQUESTS) list.splice(0, list.length - LAST_REQUESTS);
   }
 
-  /** Closes every second before the current one; returns the seconds just closed, by service and instance. */
+  /**
+   * Closes every second before the current one and returns each second closed since
+   * the last tick (by this tick, or earlier by a request that began a new second), so
+   * that every second is handed out by exactly one tick. Seconds are by service and
+   * instance; two of one instance in one tick (a tick was late) keep the newer.
+   */
   tick(): Record<string, Record<string, TrafficSecond>> {
-    const t = Math.floor(this.now() / 1000);
+    this.settle();
     const out: Record<string, Record<string, TrafficSecond>> = {};
-    for (const [service, byInstance] of this.open) {
-      for (const [instance, second] of byInstance) {
-        if (second.t >= t) continue;
-        const closed = this.close(service, instance, second);
-        byInstance.delete(instance);
-        (out[service] ??= {})[instance] = closed;
-      }
-    }
+    for (const { service, instance, second } of this.unsent) (out[service] ??= {})[instance] = second;
+    this.unsent = [];
     return out;
   }
 
-  /** Every kept second, by service and instance, oldest first (seconds without traffic are absent). */
+  /** Closes every second before the current one, keeping them for the next tick, and forgets seconds past the window. */
+  settle(): void {
+    const t = Math.floor(this.now() / 1000);
+    for (const [service, byInstance] of this.open) {
+      for (const [instance, second] of byInstance) {
+        if (second.t >= t) continue;
+        this.unsent.push({ service, instance, second: this.close(service, instance, second) });
+        byInstance.delete(instance);
+      }
+    }
+    // An instance that no longer gets traffic (the old primary after a failover) ages out too.
+    for (const byInstance of this.closed.values()) {
+      for (const [instance, seconds] of byInstance) {
+        // The window is the KEEP_SECONDS seconds before the current one, as close() keeps them.
+        trimBefore(seconds, t - 1 - KEEP_SECONDS);
+        if (seconds.length === 0) byInstance.delete(instance);
+      }
+    }
+  }
+
+  /** Every kept second, by service and instance, oldest first (seconds without traffic are absent); call settle() first for the newest. */
   series(): Record<string, Record<string, TrafficSecond[]>> {
     const out: Record<string, Record<string, TrafficSecond[]>> = {};
     for (const [service, byInstance] of this.closed) {
+      if (byInstance.size === 0) continue;
       out[service] = Object.fromEntries([...byInstance].map(([instance, seconds]) => [instance, [...seconds]]));
     }
     return out;
@@ -121,20 +143,25 @@ export class RecentTraffic {
     let seconds = byInstance.get(instance);
     if (!seconds) byInstance.set(instance, (seconds = []));
     seconds.push(closed);
-    const oldest = second.t - KEEP_SECONDS;
-    let drop = 0;
-    while (drop < seconds.length && seconds[drop]!.t <= oldest) drop += 1;
-    if (drop > 0) seconds.splice(0, drop);
+    trimBefore(seconds, second.t - KEEP_SECONDS);
     return closed;
   }
+}
+
+/** Drops the seconds at or before `oldest` (the list is oldest first). */
+function trimBefore(seconds: TrafficSecond[], oldest: number): void {
+  let drop = 0;
+  while (drop < seconds.length && seconds[drop]!.t <= oldest) drop += 1;
+  if (drop > 0) seconds.splice(0, drop);
 }
 
 function isError(report: TrafficReport): boolean {
   return report.outcome === 'error' || report.outcome === 'cut' || report.status >= 500;
 }
 
+/** The nearest-rank quantile: the smallest value with at least q of the samples at or below it. */
 function quantile(sorted: number[], q: number): number | null {
   if (sorted.length === 0) return null;
-  const value = sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+  const value = sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)]!;
   return Math.round(value * 100) / 100;
 }
