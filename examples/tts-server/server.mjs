@@ -194,6 +194,32 @@ function parseSegmentHeaders(req, pieceCount, stream) {
 
 const frameLine = (line) => Buffer.from(`${line}\n`, 'ascii');
 
+// OpenAI's voice names, as clients and the SDKs' own examples send them, each mapped to
+// one of espeak-ng's eight English voices (so some names share a voice).
+const OPENAI_VOICES = {
+  alloy: 'gmw/en-US',
+  ash: 'gmw/en-GB-x-gbclan',
+  ballad: 'gmw/en-GB-x-gbcwmd',
+  cedar: 'gmw/en',
+  coral: 'gmw/en-029',
+  echo: 'gmw/en-US-nyc',
+  fable: 'gmw/en-GB-x-rp',
+  marin: 'gmw/en-US',
+  nova: 'gmw/en-GB-scotland',
+  onyx: 'gmw/en',
+  sage: 'gmw/en-GB-x-rp',
+  shimmer: 'gmw/en-029',
+  verse: 'gmw/en-US-nyc',
+};
+
+function withOpenAiNames(voices) {
+  const identifiers = new Set(voices.values());
+  for (const [name, identifier] of Object.entries(OPENAI_VOICES)) {
+    if (identifiers.has(identifier) && !voices.has(name)) voices.set(name, identifier);
+  }
+  return voices;
+}
+
 function parseSpeechRequest(request) {
   if (typeof request !== 'object' || request === null || Array.isArray(request)) {
     return { error: 'request body must be a JSON object' };
@@ -207,9 +233,12 @@ function parseSpeechRequest(request) {
     return { error: `"input" is ${input.length} characters; the limit is ${MAX_INPUT_CHARS}`, param: 'input' };
   }
   const espeakVoice = typeof voice === 'string' ? engine.voices.get(voice.toLowerCase()) : undefined;
-  if (!espeakVoice) return { error: `unknown voice ${JSON.stringify(voice)}; try "en-us"`, param: 'voice' };
+  if (!espeakVoice) {
+    return { error: `unknown voice ${JSON.stringify(voice)}; use one of OpenAI's (${Object.keys(OPENAI_VOICES).join(', ')}) or an espeak-ng voice such as "en-us"`, param: 'voice' };
+  }
   if (format !== 'wav' && format !== 'pcm') {
-    return { error: `unsupported response_format ${JSON.stringify(format)}; use "wav" or "pcm"`, param: 'response_format' };
+    // No encoder here for mp3, opus, aac or flac: refused, never WAV bytes under another name.
+    return { error: `unsupported response_format ${JSON.stringify(format)}; this server makes "wav" (the default) or "pcm"`, param: 'response_format' };
   }
   if (typeof speed !== 'number' || !(speed >= 0.25 && speed <= 4)) {
     return { error: '"speed" must be a number from 0.25 to 4.0', param: 'speed' };
@@ -288,7 +317,7 @@ async function startEngine() {
 
   return {
     sampleRate: ready.sampleRate,
-    voices: new Map(Object.entries(ready.voices)),
+    voices: withOpenAiNames(new Map(Object.entries(ready.voices))),
     // The worker takes jobs in order, so requests in flight together take turns sentence by sentence.
     synthesize(text, voice, rate) {
       const id = nextId++;
