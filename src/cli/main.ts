@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { AdminClient, AdminServer, ensureToken, tokenFile } from '../api/index.js';
 import { formatBytes, SnapshotStore, type Manifest, type SnapshotListing, type VerifyReport } from '../backup/index.js';
 import { ConfigError, loadConfigFile, parseDuration, type Config } from '../config/index.js';
@@ -11,14 +12,17 @@ import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
 import { formatAlerts, formatCluster, formatDrill, formatDrills, formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
 import { configCommands } from './config.js';
 import { jobCommands } from './jobs.js';
+import { bannerText, chooseLogFormat, LOG_FORMATS, prettyLogOutput, UP_MESSAGE, wantsColour } from './terminal.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const program = new Command()
   .name('understudy')
   .description('Keeps self-hosted AI model services answering when a GPU box, a model process or an upgrade fails.')
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: false })
+  .version(VERSION, '-V, --version', 'print the version of Understudy')
   .option('--node <name>', 'in a cluster: which node of the config this is ($UNDERSTUDY_NODE); picks its listeners and stateDir')
   .hook('preAction', (command) => {
     const node = command.opts<{ node?: string }>().node;
@@ -31,15 +35,32 @@ program
   .command('up')
   .description('start the gateway, the instances it runs, probes and the admin API; runs until SIGINT or SIGTERM')
   .option(...configOption)
+  .addOption(
+    new Option('--log-format <format>', 'auto: readable lines on a terminal, JSON lines when piped or redirected; or json, pretty ($UNDERSTUDY_LOG_FORMAT)')
+      .choices(LOG_FORMATS)
+      .default(process.env.UNDERSTUDY_LOG_FORMAT ?? 'auto'),
+  )
   .addHelpText(
     'after',
-    '\nOn SIGINT/SIGTERM it stops taking requests, lets in-flight ones finish (10s), and stops the instances it started.\nA second signal exits at once.',
+    `
+On a terminal it prints where each service answers, the dashboard's address and every
+instance's state, then one line per change (a failover, an instance down or back). Piped
+or redirected, every line is JSON (pino), as log shippers and journald expect;
+\`--log-format json\` forces it. NO_COLOR=1 turns colour off.
+
+On SIGINT/SIGTERM it stops taking requests, lets in-flight ones finish (10s), and stops the instances it started.
+A second signal exits at once.`,
   )
-  .action(async (options: { config: string }) => {
+  .action(async (options: { config: string; logFormat: (typeof LOG_FORMATS)[number] }) => {
+    if (!(LOG_FORMATS as readonly string[]).includes(options.logFormat)) {
+      throw new InvalidArgumentError(`--log-format (or $UNDERSTUDY_LOG_FORMAT) must be one of ${LOG_FORMATS.join(', ')}, not "${options.logFormat}"`);
+    }
+    const tty = process.stdout.isTTY === true;
+    const pretty = chooseLogFormat(options.logFormat, tty) === 'pretty';
     // In a cluster: the shared configuration in etcd, when there is one this node can read.
     const starting = await startingConfig(load(options.config));
     const config = starting.config;
-    const app = new Understudy(config, { configRevision: starting.revision });
+    const app = new Understudy(config, { configRevision: starting.revision, logOutput: pretty ? prettyLogOutput(wantsColour(tty)) : undefined });
     if (config.cluster) app.log.info({ revision: starting.revision }, starting.note);
     const token = ensureToken(config);
     const admin = new AdminServer(app, token);
@@ -74,8 +95,21 @@ program
         services: config.services.map((s) => s.name),
         tokenFile: config.admin.token ? undefined : tokenFile(config),
       },
-      'understudy is up',
+      UP_MESSAGE,
     );
+    if (pretty) {
+      const dashboard = `http://${adminHost}:${adminAddress.port}/ui/`;
+      process.stdout.write(
+        bannerText({
+          version: VERSION,
+          gateways: app.serviceUrls(),
+          admin: `http://${adminHost}:${adminAddress.port}`,
+          dashboard,
+          tokenFile: config.admin.token || process.env.UNDERSTUDY_ADMIN_TOKEN ? undefined : tokenFile(config),
+          services: app.status(),
+        }),
+      );
+    }
     process.send?.({ type: 'up', gateway, admin: adminAddress });
   });
 

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
+import type { DestinationStream } from 'pino';
 import type { Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
 import { ClusterError, ClusterNode, DesiredStates, EtcdCoordination, fencedStore, PgJobStore, SharedConfig, type ClusterView, type LeaderView } from '../cluster/index.js';
@@ -57,6 +58,8 @@ export class Understudy {
     private readonly options: {
       clock?: Clock;
       log?: Logger;
+      /** Where log lines go when `log` is not given: JSON on stdout by default. */
+      logOutput?: DestinationStream;
       store?: () => Promise<JobStore>;
       /** In a cluster: the shared configuration's revision `config` is (see startingConfig); null or absent: the node's own file. */
       configRevision?: number | null;
@@ -65,7 +68,7 @@ export class Understudy {
     this.running = config;
     const clock = options.clock ?? systemClock;
     this.clock = clock;
-    this.log = options.log ?? createLogger(config.log.level, this.logLines);
+    this.log = options.log ?? createLogger(config.log.level, this.logLines, options.logOutput);
     this.traffic = new RecentTraffic(() => clock.now());
     this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'), (error) =>
       this.log.error({ err: error }, 'could not write the event log; events are kept in memory'),
@@ -245,6 +248,11 @@ export class Understudy {
 
   gatewayAddresses(): { host: string; port: number }[] {
     return this.gateway.addresses();
+  }
+
+  /** Each service's address on the gateway, for people: see Gateway.serviceUrls. */
+  serviceUrls(): { service: string; url: string }[] {
+    return this.gateway.serviceUrls();
   }
 
   async start(): Promise<void> {

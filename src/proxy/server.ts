@@ -60,6 +60,19 @@ export class Gateway {
     });
   }
 
+  /** Where each service is reached, as a client would write it: `http://127.0.0.1:8080/` (own port), with its host name or path prefix. */
+  serviceUrls(): { service: string; url: string }[] {
+    return this.listeners.flatMap((listener, i) => {
+      const address = this.servers[i]?.address();
+      const bound = typeof address === 'object' && address ? address : { address: listener.host, port: listener.port };
+      const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
+      return listener.routes.map((route) => ({
+        service: route.upstreams.config.name,
+        url: `http://${route.host ?? host}:${bound.port}${route.pathPrefix ?? '/'}`,
+      }));
+    });
+  }
+
   /** Stops accepting, lets in-flight requests and WebSockets finish until the deadline, then cuts the rest. Safe to call twice. */
   close(deadlineMs = 10_000): Promise<void> {
     this.closing ??= Promise.all(

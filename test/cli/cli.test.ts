@@ -181,6 +181,10 @@ describe('understudy up, status, switchover, events', () => {
     expect(code).toBe(0);
     // The model servers it started are stopped with it.
     for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
+    // Piped, every line it wrote is JSON (pino's), as log shippers expect: no banner, no colour.
+    const lines = logs.split('\n').filter((line) => line !== '');
+    expect(lines.length).toBeGreaterThan(5);
+    for (const line of lines) expect(JSON.parse(line)).toMatchObject({ app: 'understudy', msg: expect.any(String) });
   });
 
   it('tells the user when Understudy is not running', async () => {

@@ -233,9 +233,10 @@ describe('log ring', () => {
     expect(ring.find('id-5000.')).toHaveLength(1);
   });
 
-  it("receives createLogger's lines at the logger's level, beside stdout", () => {
+  it("receives createLogger's lines at the logger's level, beside its output", () => {
     const ring = new LogRing();
-    const log = createLogger('info', ring);
+    const written: string[] = [];
+    const log = createLogger('info', ring, { write: (line: string) => void written.push(line) });
     log.debug({ requestId: 'req-debug' }, 'below the level');
     log.info({ requestId: 'req-ring-1', instance: 'hot' }, 'request');
     expect(ring.find('req-debug')).toEqual([]);
@@ -243,5 +244,7 @@ describe('log ring', () => {
     expect(rest).toEqual([]);
     expect(found).toMatchObject({ level: 30, app: 'understudy', requestId: 'req-ring-1', instance: 'hot', msg: 'request' });
     expect(new Date(found!.time as string).getTime()).not.toBeNaN();
+    // The output got the same line, as JSON.
+    expect(written.map((line) => JSON.parse(line) as unknown)).toEqual([found]);
   });
 });
