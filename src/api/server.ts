@@ -64,6 +64,7 @@ const JOB_STATES = new Set<JobState>(['running', 'paused', 'succeeded', 'failed'
  *   GET  /v1/jobs?state=&service=&limit=
  *   GET  /v1/jobs/:id                the job with its progress
  *   POST /v1/jobs/:id/pause|resume|cancel
+ *   POST /v1/jobs/prune              remove finished jobs past jobs.retention (or {maxAge, maxCount}); {dryRun: true} only says which
  *   GET  /v1/jobs/:id/stream         server-sent events: progress until the job ends
  *   GET  /v1/jobs/:id/results?bodies=0  JSON Lines, one result per item in item order (bodies=0: without the answers)
  *   GET  /v1/jobs/:id/items/:index/body   the raw body of one item's result
@@ -298,6 +299,9 @@ export class AdminServer {
         service = parts[1];
         target = parts[2] === 'instances' && parts[3] !== undefined ? `${parts[1]}/${parts[3]}` : parts[1];
         action = parts[parts.length - 1]!;
+      } else if (parts[0] === 'jobs' && parts[1] === 'prune') {
+        action = 'prune jobs';
+        target = 'jobs';
       } else if (parts[0] === 'jobs') {
         target = answer?.job?.id ?? parts[1] ?? 'job';
         service = answer?.job?.service ?? '*';
@@ -444,6 +448,7 @@ export class AdminServer {
       }
       return notFound(res);
     }
+    if (id === 'prune' && verb === undefined && method === 'POST') return this.pruneJobs(req, res);
     if (method === 'GET' && verb === undefined) return send(res, 200, { job: await jobs.view(id) });
     if (method === 'POST' && (verb === 'pause' || verb === 'resume' || verb === 'cancel') && index === undefined) {
       return send(res, 200, { job: await jobs[verb](id) });
@@ -499,6 +504,30 @@ export class AdminServer {
   }
 
   /** Server-sent events: `progress` with the job's view as it changes, then `end` once it is over. */
+  /** POST /v1/jobs/prune {dryRun?, maxAge?, maxCount?}: jobs.retention now, or the one given for this once. */
+  private async pruneJobs(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await readJson(req, 64 * 1024);
+    if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
+    const { dryRun, maxAge, maxCount } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    const bad = (message: string) => send(res, 400, { error: { code: 'BAD_FIELD', message } });
+    if (dryRun !== undefined && typeof dryRun !== 'boolean') return bad('"dryRun" is true or false');
+    const age = maxAge === null || maxAge === undefined ? maxAge : typeof maxAge === 'string' ? (parseDuration(maxAge) ?? NaN) : maxAge;
+    if (age !== null && age !== undefined && !(typeof age === 'number' && Number.isInteger(age) && age > 0)) {
+      return bad('"maxAge" is a duration such as "7d" or "12h" (or milliseconds), or null for no limit by age');
+    }
+    if (maxCount !== undefined && maxCount !== null && !(typeof maxCount === 'number' && Number.isInteger(maxCount) && maxCount >= 0)) {
+      return bad('"maxCount" is a whole number of finished jobs to keep, or null for no limit by number');
+    }
+    const retention = this.app.config.jobs.retention;
+    const rule = { maxAge: age === undefined ? retention.maxAge : (age as number | null), maxCount: maxCount === undefined ? retention.maxCount : (maxCount as number | null) };
+    const removed = await this.app.jobs.prune({ ...rule, dryRun: dryRun === true });
+    return send(res, 200, {
+      dryRun: dryRun === true,
+      retention: rule,
+      removed: removed.map(({ id, service, name, state, finishedAt, total }) => ({ id, service, name, state, finishedAt, total })),
+    });
+  }
+
   private async jobStream(req: IncomingMessage, res: ServerResponse, id: string): Promise<void> {
     const jobs = this.app.jobs;
     const first = await jobs.view(id);

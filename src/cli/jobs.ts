@@ -160,7 +160,58 @@ Examples:
       console.log(`${options.output}: ${statSync(options.output).size} bytes`);
     });
 
+  jobs
+    .command('prune')
+    .description('remove finished jobs (succeeded, failed, cancelled) past the retention, with their results and files')
+    .option('--older-than <duration>', 'remove those finished longer ago than this, e.g. 7d (default: jobs.retention.maxAge)')
+    .option('--keep <count>', 'keep at most this many finished jobs, the newest (default: jobs.retention.maxCount)', (value) => {
+      if (!/^\d+$/.test(value)) throw new InvalidArgumentError('a whole number of jobs');
+      return Number(value);
+    })
+    .option('--dry-run', 'say which jobs would be removed, remove nothing')
+    .option('--json', 'print the answer as JSON')
+    .option(...configOption)
+    .addHelpText(
+      'after',
+      `
+Understudy does this by itself at start and every hour, by jobs.retention (default: finished
+jobs older than 30d go, and at most 1000 are kept). Running and paused jobs are never removed.
+The files a job's items were read from (--files) are yours and stay.`,
+    )
+    .action(async (options: { olderThan?: string; keep?: number; dryRun?: boolean; json?: boolean; config: string }) => {
+      const answer = await client(options.config).call<PruneAnswer>('POST', '/v1/jobs/prune', {
+        dryRun: options.dryRun === true,
+        ...(options.olderThan === undefined ? {} : { maxAge: options.olderThan }),
+        ...(options.keep === undefined ? {} : { maxCount: options.keep }),
+      });
+      if (options.json) {
+        console.log(JSON.stringify(answer, null, 2));
+        return;
+      }
+      const verb = answer.dryRun ? 'would remove' : 'removed';
+      for (const job of answer.removed) {
+        const finished = job.finishedAt === null ? '' : `, finished ${new Date(job.finishedAt).toISOString()}`;
+        console.log(`${verb}  ${job.id}  ${job.service}${job.name ? ` ${job.name}` : ''}  ${job.state}, ${job.total} items${finished}`);
+      }
+      const { maxAge, maxCount } = answer.retention;
+      const rule = [maxAge === null ? null : `finished over ${formatDuration(maxAge)} ago`, maxCount === null ? null : `past the newest ${maxCount}`].filter(Boolean).join(' or ');
+      console.log(`${answer.removed.length} finished jobs ${answer.dryRun ? 'to remove' : 'removed'} (${rule || 'no limit set'})`);
+    });
+
   return jobs;
+}
+
+interface PruneAnswer {
+  dryRun: boolean;
+  retention: { maxAge: number | null; maxCount: number | null };
+  removed: { id: string; service: string; name: string | null; state: string; finishedAt: number | null; total: number }[];
+}
+
+function formatDuration(ms: number): string {
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
 }
 
 /** Follows the job's server-sent events; a progress bar on a terminal, a line every few seconds otherwise. */

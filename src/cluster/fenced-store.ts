@@ -32,6 +32,10 @@ export function fencedStore(store: JobStore, acting: () => boolean, node: string
     getReply: (scope, key, now) => store.getReply(scope, key, now),
     putReply: (scope, key, reply, now) => store.putReply(scope, key, reply, now),
     pruneReplies: (now) => store.pruneReplies(now),
+    pruneJobs: async (rule) => {
+      if (!rule.dryRun) check('remove finished jobs');
+      return store.pruneJobs(rule);
+    },
     // The store is shared with the rest of the node: the runner that holds this view does not close it.
     close: async () => undefined,
   };

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { JobError, StoreError, type JobFilter, type JobStore } from '../jobs/index.js';
+import { JobError, pickPruned, StoreError, type JobFilter, type JobStore, type PruneRule } from '../jobs/index.js';
 import type { ItemRecord, ItemResult, JobOptions, JobRecord, JobState, NewJob, StoredReply } from '../jobs/index.js';
 
 const { Pool } = pg;
@@ -280,6 +280,22 @@ export class PgJobStore implements JobStore {
   async pruneReplies(now: number): Promise<number> {
     const result = await this.query('forget expired replies', `DELETE FROM ${this.schema}.replies WHERE expires_at <= $1`, [now]);
     return result.rowCount ?? 0;
+  }
+
+  async pruneJobs(rule: PruneRule): Promise<JobRecord[]> {
+    // Not fenced by epoch: a finished job no longer changes, so any node may forget it.
+    return this.transaction('remove finished jobs', async (client) => {
+      const { rows } = await client.query<JobRow>(
+        `SELECT * FROM ${this.schema}.jobs WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at DESC, id DESC FOR UPDATE`,
+      );
+      const gone = pickPruned(rows.map(toJob), rule);
+      if (!rule.dryRun && gone.length > 0) {
+        const ids = gone.map((job) => job.id);
+        await client.query(`DELETE FROM ${this.schema}.items WHERE job_id = ANY($1::text[])`, [ids]);
+        await client.query(`DELETE FROM ${this.schema}.jobs WHERE id = ANY($1::text[])`, [ids]);
+      }
+      return gone;
+    });
   }
 
   async close(): Promise<void> {

@@ -588,6 +588,15 @@ const jobs = z.strictObject({
   inlineLimit: size.default(256 * 1024),
   /** Largest job submission the admin API accepts; larger work refers to files instead. Default 64MiB. */
   submitLimit: size.default(64 * MiB),
+  /** How long finished jobs (with their results and files) are kept: checked at start and every hour. */
+  retention: z
+    .strictObject({
+      /** Finished jobs older than this are removed; null: kept whatever their age. Default 30d. */
+      maxAge: positiveDuration.nullable().default(30 * 86_400_000),
+      /** At most this many finished jobs are kept, the newest; null: no limit. Default 1000. */
+      maxCount: count(0).nullable().default(1000),
+    })
+    .default({ maxAge: 30 * 86_400_000, maxCount: 1000 }),
 });
 
 const idempotency = z.strictObject({
@@ -666,6 +675,15 @@ export const configSchema = z.strictObject({
       access: z.boolean().default(true),
     })
     .default({ level: 'info', access: true }),
+  /** stateDir/events.jsonl: rotated by size, so it never fills the disk. */
+  events: z
+    .strictObject({
+      /** Past this size events.jsonl becomes events.1.jsonl and a new one is started; 0: never rotated. Default 32MiB. */
+      maxFileSize: size.default(32 * MiB),
+      /** Rotated files kept (events.1.jsonl newest ... events.N.jsonl); older ones are removed. Default 4. */
+      keepFiles: count(0).max(1000).default(4),
+    })
+    .default({ maxFileSize: 32 * MiB, keepFiles: 4 }),
   /** Durable jobs: defaults for every job; a job may set its own concurrency, itemTimeout and retries. */
   jobs: jobs.default({
     concurrency: 4,
@@ -674,6 +692,7 @@ export const configSchema = z.strictObject({
     retryDelay: 1000,
     inlineLimit: 256 * 1024,
     submitLimit: 64 * MiB,
+    retention: { maxAge: 30 * 86_400_000, maxCount: 1000 },
   }),
   /** Requests that carry an Idempotency-Key header are answered once per key. */
   idempotency: idempotency.default({ ttl: 86_400_000, maxResponse: 16 * MiB }),

@@ -70,8 +70,11 @@ export class Understudy {
     this.clock = clock;
     this.log = options.log ?? createLogger(config.log.level, this.logLines, options.logOutput);
     this.traffic = new RecentTraffic(() => clock.now());
-    this.events = new EventLog(path.join(config.stateDir, 'events.jsonl'), (error) =>
-      this.log.error({ err: error }, 'could not write the event log; events are kept in memory'),
+    this.events = new EventLog(
+      path.join(config.stateDir, 'events.jsonl'),
+      (error) => this.log.error({ err: error }, 'could not write the event log; events are kept in memory'),
+      undefined,
+      config.events,
     );
     this.events.subscribe((event) => this.metrics.observe(event));
     this.events.subscribe((event) => this.logEvent(event));
@@ -493,6 +496,8 @@ export class Understudy {
         if (outcome === 'succeeded' || outcome === 'failed') this.metrics.jobItemDuration.observe({ service, outcome }, ms / 1000);
       },
       onError: (message, error) => this.log.error({ err: error }, message),
+      onPruned: (jobs) =>
+        this.log.info({ jobs: jobs.map((job) => job.id), retention: this.config.jobs.retention }, `removed ${jobs.length} finished jobs and their files (jobs.retention)`),
     });
   }
 

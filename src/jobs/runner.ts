@@ -25,8 +25,21 @@ export interface RunnerOptions {
   /** One finished try of an item, for metrics. */
   onItem?(service: string, outcome: 'succeeded' | 'failed' | 'retried' | 'duplicate', ms: number): void;
   onError(message: string, error: unknown): void;
+  /** Finished jobs removed by jobs.retention (at start, then hourly), with their files. */
+  onPruned?(jobs: JobRecord[]): void;
   now?: () => number;
 }
+
+/** What one prune removes: by default the config's jobs.retention. */
+export interface PruneRequest {
+  /** Finished jobs older than this (ms) go; null: none for their age. */
+  maxAge?: number | null;
+  /** At most this many finished jobs stay, the newest; null: no limit. */
+  maxCount?: number | null;
+  dryRun?: boolean;
+}
+
+const PRUNE_EVERY_MS = 3_600_000;
 
 /** A job as shown: its record plus live progress while it runs here. */
 export interface JobView extends JobRecord {
@@ -58,6 +71,7 @@ export class JobRunner {
   private readonly listeners = new Map<string, Set<(view: JobView) => void>>();
   private state: RunnerState = 'created';
   private closing: Promise<void> | undefined;
+  private pruneTimer: NodeJS.Timeout | undefined;
   readonly now: () => number;
 
   constructor(readonly options: RunnerOptions) {
@@ -80,6 +94,32 @@ export class JobRunner {
       });
       run.pump();
     }
+    // Retention: once now (what expired while Understudy was stopped), then every hour.
+    const prune = () => {
+      this.prune()
+        .then((gone) => gone.length > 0 && this.options.onPruned?.(gone))
+        .catch((error: unknown) => this.options.onError('could not remove finished jobs (jobs.retention)', error));
+    };
+    prune();
+    this.pruneTimer = setInterval(prune, PRUNE_EVERY_MS).unref();
+  }
+
+  /**
+   * Removes finished jobs past the retention (the config's, or the one asked for) from
+   * the store, then their result files and outputs. Running and paused jobs stay.
+   * Returns the jobs removed, newest first; with dryRun, those that would be.
+   */
+  async prune(request: PruneRequest = {}): Promise<JobRecord[]> {
+    this.mustRun();
+    const { retention } = this.options.defaults;
+    const maxAge = request.maxAge === undefined ? retention.maxAge : request.maxAge;
+    const keep = request.maxCount === undefined ? retention.maxCount : request.maxCount;
+    const dryRun = request.dryRun === true;
+    const gone = await this.options.store.pruneJobs({ finishedBefore: maxAge === null ? null : this.now() - maxAge, keep, dryRun });
+    if (!dryRun) {
+      for (const job of gone) await rm(this.options.files.dir(job.id), { recursive: true, force: true });
+    }
+    return gone;
   }
 
   async submit(input: unknown, key: string | null): Promise<{ job: JobView; created: boolean }> {
@@ -165,6 +205,7 @@ export class JobRunner {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.state = 'closing';
+      clearInterval(this.pruneTimer);
       await Promise.all([...this.runs.values()].map((run) => run.stop()));
       this.runs.clear();
       this.state = 'closed';

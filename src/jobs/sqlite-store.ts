@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { JobError, StoreError } from './errors.js';
-import type { JobFilter, JobStore } from './store.js';
+import { pickPruned, type JobFilter, type JobStore, type PruneRule } from './store.js';
 import type { ItemBody, ItemRecord, ItemResult, JobOptions, JobRecord, JobState, NewJob, ResultBody, StoredReply } from './types.js';
 
 const SCHEMA_VERSION = 1;
@@ -331,6 +331,22 @@ export class SqliteJobStore implements JobStore {
     return this.run('forget expired replies', () => this.statements.prune.run(now).changes);
   }
 
+  async pruneJobs(rule: PruneRule): Promise<JobRecord[]> {
+    const s = this.statements;
+    return this.run('remove finished jobs', () =>
+      this.database().transaction(() => {
+        const gone = pickPruned((s.finishedJobs.all() as JobRow[]).map(toJob), rule);
+        if (!rule.dryRun) {
+          for (const job of gone) {
+            s.deleteItems.run(job.id);
+            s.deleteJob.run(job.id);
+          }
+        }
+        return gone;
+      })(),
+    );
+  }
+
   async close(): Promise<void> {
     if (this.db) this.flush();
     const db = this.db;
@@ -357,6 +373,11 @@ export class SqliteJobStore implements JobStore {
   private prepare(db: Database.Database) {
     return {
       job: db.prepare('SELECT * FROM jobs WHERE id = ?'),
+      finishedJobs: db.prepare(
+        `SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at DESC, id DESC`,
+      ),
+      deleteItems: db.prepare('DELETE FROM items WHERE job_id = ?'),
+      deleteJob: db.prepare('DELETE FROM jobs WHERE id = ?'),
       jobByKey: db.prepare('SELECT * FROM jobs WHERE key = ?'),
       listJobs: db.prepare(
         `SELECT * FROM jobs WHERE (:state IS NULL OR state = :state) AND (:service IS NULL OR service = :service)

@@ -7,6 +7,16 @@ export interface JobFilter {
   limit?: number | undefined;
 }
 
+/** Which finished jobs to forget: see JobStore.pruneJobs. */
+export interface PruneRule {
+  /** Every finished job that finished before this time (ms since the epoch); null: none for its age. */
+  finishedBefore: number | null;
+  /** Every finished job past the newest this many; null: none for their number. */
+  keep: number | null;
+  /** Only say which jobs would go. */
+  dryRun?: boolean;
+}
+
 /**
  * Where jobs, their items' results and idempotent replies are kept. Every write is
  * durable (on disk, fsynced) before its promise resolves. SQLite is the embedded
@@ -42,10 +52,23 @@ export interface JobStore {
   /** Forgets answers that expired before `now`; returns how many. */
   pruneReplies(now: number): Promise<number>;
   /**
+   * Forgets finished jobs (succeeded, failed, cancelled) and their items, by the rule;
+   * a running or paused job is never touched. Returns the jobs forgotten (with dryRun,
+   * that would be), newest first. Their files are the caller's to remove.
+   */
+  pruneJobs(rule: PruneRule): Promise<JobRecord[]>;
+  /**
    * A store shared by the nodes of a cluster: refuses the fenced writes (a job's state,
    * an item's result, a failed try) of any epoch below `epoch` from now on, after
    * those in flight. Returns the fence. Stores of one node have none.
    */
   raiseFence?(epoch: number): Promise<number>;
   close(): Promise<void>;
+}
+
+/** The jobs a rule removes, from the finished ones newest first (as every store lists them). */
+export function pickPruned(finished: JobRecord[], rule: PruneRule): JobRecord[] {
+  return finished.filter(
+    (job, newer) => (rule.keep !== null && newer >= rule.keep) || (rule.finishedBefore !== null && (job.finishedAt ?? job.updatedAt) < rule.finishedBefore),
+  );
 }

@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { JobError, StoreError } from './errors.js';
 import { revive, type Call, type Reply, type SerializedError } from './store-thread.js';
-import type { JobFilter, JobStore } from './store.js';
+import type { JobFilter, JobStore, PruneRule } from './store.js';
 import type { ItemRecord, ItemResult, JobRecord, JobState, NewJob, StoredReply } from './types.js';
 
 /**
@@ -92,6 +92,9 @@ export class ThreadedJobStore implements JobStore {
   }
   pruneReplies(now: number): Promise<number> {
     return this.call('pruneReplies', [now]);
+  }
+  pruneJobs(rule: PruneRule): Promise<JobRecord[]> {
+    return this.call('pruneJobs', [rule]);
   }
 
   /** Commits what is pending, closes the database and ends the thread. Safe to call twice. */

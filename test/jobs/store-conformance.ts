@@ -417,6 +417,45 @@ export function storeConformance(name: string, open: OpenStore, reopen?: ReopenS
       });
     });
 
+    describe('pruneJobs', () => {
+      /** Jobs of this test among those a prune returns (a shared database may hold other tests' jobs). */
+      const mine = (jobs: { id: string }[]) => jobs.map((job) => job.id).filter((jobId) => jobId.startsWith(`${ns}-`));
+
+      it('removes finished jobs by age and past the newest `keep`, never a running or paused one; dryRun changes nothing', async () => {
+        // Five finished jobs, 1 s apart (f1 oldest), one running, one paused that is old.
+        for (const label of ['f1', 'f2', 'f3', 'f4', 'f5']) {
+          await create(label, 2);
+          await store.setJobState(id(label), label === 'f3' ? 'failed' : label === 'f4' ? 'cancelled' : 'succeeded', null, (clock += 1000));
+        }
+        await create('running', 1);
+        await create('paused', 1);
+        await store.setJobState(id('paused'), 'paused', 'paused by a person', 1);
+        const f3Finished = (await store.getJob(id('f3')))!.finishedAt!;
+
+        const preview = await store.pruneJobs({ finishedBefore: f3Finished, keep: null, dryRun: true });
+        expect(mine(preview)).toEqual([id('f2'), id('f1')]);
+        expect(await store.getJob(id('f1'))).toBeDefined();
+
+        // By age: f1 and f2 finished before f3 did.
+        expect(mine(await store.pruneJobs({ finishedBefore: f3Finished, keep: null }))).toEqual([id('f2'), id('f1')]);
+        expect(await store.getJob(id('f1'))).toBeUndefined();
+        expect(await store.items(id('f1'), 0, 10)).toEqual([]);
+        // By number: of f3, f4, f5 the newest two stay.
+        expect(mine(await store.pruneJobs({ finishedBefore: null, keep: 2 }))).toEqual([id('f3')]);
+        expect((await store.listJobs({ limit: 10 })).map((job) => job.id).sort()).toEqual([id('f4'), id('f5'), id('paused'), id('running')].sort());
+        // Everything finished, whatever the rule: the running and the paused job stay, with their items.
+        await create('keyed', 1, { key: `${ns}-key` });
+        await store.setJobState(id('keyed'), 'succeeded', null, (clock += 1000));
+        await store.pruneJobs({ finishedBefore: clock + 1, keep: 0 });
+        expect((await store.getJob(id('running')))?.state).toBe('running');
+        expect((await store.getJob(id('paused')))?.state).toBe('paused');
+        expect(await store.pendingItems(id('paused'))).toHaveLength(1);
+        expect(await store.getJob(id('f5'))).toBeUndefined();
+        // The key of a removed job is free again: a new submission under it is a new job.
+        await create('again', 1, { key: `${ns}-key`, fingerprint: 'fp-other' });
+      });
+    });
+
     describe('durability', () => {
       it.skipIf(!reopen)('everything written before close() is there after reopening', async () => {
         const job = await create('a', 5, { key: id('key'), fingerprint: 'fp' });

@@ -1,4 +1,4 @@
-import { appendFileSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -45,5 +45,56 @@ describe('event log', () => {
     await log.flushed();
     expect(errors.length).toBeGreaterThan(0);
     expect(log.list()).toHaveLength(2);
+  });
+
+  describe('rotation', () => {
+    const lineBytes = `${JSON.stringify(event(10))}\n`.length;
+    const lines = (file: string) => readFileSync(file, 'utf8').trim().split('\n').map((line) => (JSON.parse(line) as UnderstudyEvent).time);
+
+    it('moves a full file to events.1.jsonl, the older ones up, removes what is past keepFiles, and reads the newest back after a restart', async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'understudy-ev-'));
+      const file = path.join(dir, 'events.jsonl');
+      // Ten events a file: the size is passed by the write that makes the tenth.
+      const rotation = { maxFileSize: lineBytes * 10, keepFiles: 2 };
+      const log = new EventLog(file, undefined, 10_000, rotation);
+      for (let n = 10; n < 45; n++) {
+        log.publish(event(n));
+        await log.flushed(); // one event a write, so each file holds exactly ten
+      }
+      await log.close();
+      expect(readdirSync(dir).sort()).toEqual(['events.1.jsonl', 'events.2.jsonl', 'events.jsonl']);
+      const time = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => 1000 + from + i);
+      expect(lines(path.join(dir, 'events.2.jsonl'))).toEqual(time(20, 30));
+      expect(lines(path.join(dir, 'events.1.jsonl'))).toEqual(time(30, 40));
+      expect(lines(file)).toEqual(time(40, 45));
+
+      // After a restart: the newest events, oldest first, across the files; a small `keep` stops at what it needs.
+      const again = new EventLog(file, undefined, 10_000, rotation);
+      await again.loadHistory();
+      expect(again.list().map((e) => e.time)).toEqual(time(20, 45));
+      const some = new EventLog(file, undefined, 12, rotation);
+      await some.loadHistory();
+      expect(some.list().map((e) => e.time)).toEqual(time(33, 45));
+
+      // Writing on after the restart fills the file it found, then rotates again: 40..49 moves up, 20..29 goes.
+      for (let n = 45; n < 50; n++) {
+        again.publish(event(n));
+        await again.flushed();
+      }
+      await again.close();
+      expect(lines(path.join(dir, 'events.1.jsonl'))).toEqual(time(40, 50));
+      expect(lines(path.join(dir, 'events.2.jsonl'))).toEqual(time(30, 40));
+      expect(existsSync(path.join(dir, 'events.3.jsonl'))).toBe(false);
+      expect(existsSync(file)).toBe(false); // opened by the next write
+    });
+
+    it('never rotates with maxFileSize 0', async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'understudy-ev-'));
+      const log = new EventLog(path.join(dir, 'events.jsonl'), undefined, 10_000, { maxFileSize: 0, keepFiles: 2 });
+      for (let n = 0; n < 30; n++) log.publish(event(n));
+      await log.close();
+      expect(readdirSync(dir)).toEqual(['events.jsonl']);
+      expect(lines(path.join(dir, 'events.jsonl'))).toHaveLength(30);
+    });
   });
 });
