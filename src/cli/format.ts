@@ -129,6 +129,9 @@ export function eventSummary(event: UnderstudyEvent): string {
     case 'config-refused':
       what = `${event.node}: ${event.type} revision ${event.revision}`;
       break;
+    case 'config-reloaded':
+      what = `config ${event.outcome === 'applied' ? 'reloaded' : 'reload refused'}`;
+      break;
     case 'operator-action':
       what = `${event.by} via ${event.via}: ${event.action} ${event.target} ${event.outcome}`;
       break;

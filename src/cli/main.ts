@@ -49,7 +49,13 @@ or redirected, every line is JSON (pino), as log shippers and journald expect;
 \`--log-format json\` forces it. NO_COLOR=1 turns colour off.
 
 On SIGINT/SIGTERM it stops taking requests, lets in-flight ones finish (10s), and stops the instances it started.
-A second signal exits at once.`,
+A second signal exits at once.
+
+On SIGHUP (systemctl reload) it reads the config file again. When every change is one it
+takes up live (a service's failback, timeouts, retry, streams, limits, queue, passive,
+quarantine, drill, deploy; an instance's probes and capabilities), it applies them without
+dropping a connection; otherwise (a mistake, a listener, a new instance...) it changes
+nothing and says why, as a config-reloaded event.`,
   )
   .action(async (options: { config: string; logFormat: (typeof LOG_FORMATS)[number] }) => {
     if (!(LOG_FORMATS as readonly string[]).includes(options.logFormat)) {
@@ -77,6 +83,23 @@ A second signal exits at once.`,
         void shutdown(signal);
       });
     }
+    // SIGHUP (systemctl reload): the file read again and its live changes taken up; see Understudy.reload.
+    let started = false;
+    process.on('SIGHUP', () => {
+      if (!started) {
+        app.log.warn('SIGHUP before Understudy is up: ignored; send it again once it serves');
+        return;
+      }
+      let next: Config | undefined;
+      let mistake: string | undefined;
+      try {
+        next = loadConfigFile(options.config);
+      } catch (error) {
+        mistake = error instanceof ConfigError ? error.message : (error as Error).message;
+      }
+      const event = app.reload(next, mistake);
+      process.send?.({ type: 'reloaded', outcome: event.outcome });
+    });
     // The admin API first: if its port is taken, nothing has been started yet.
     const adminAddress = await admin.start();
     try {
@@ -85,6 +108,7 @@ A second signal exits at once.`,
       await admin.close();
       throw error;
     }
+    started = true;
     const gateway = app.gatewayAddresses();
     const adminHost = adminAddress.host.includes(':') ? `[${adminAddress.host}]` : adminAddress.host;
     app.log.info(

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { DestinationStream } from 'pino';
-import type { Config } from '../config/index.js';
+import { diffConfigs, type Config } from '../config/index.js';
 import { BackupError, SnapshotStore } from '../backup/index.js';
 import { ClusterError, ClusterNode, DesiredStates, EtcdCoordination, fencedStore, PgJobStore, SharedConfig, type ClusterView, type LeaderView } from '../cluster/index.js';
 import { systemClock, type Clock, type EventBody, type UnderstudyEvent } from '../core/index.js';
@@ -442,6 +442,42 @@ export class Understudy {
     await keeper.start();
   }
 
+  /**
+   * SIGHUP (`systemctl reload`) on a node of its own: takes up `next`, the config file
+   * read again, when every change is a live field (config/live.ts); otherwise keeps
+   * what runs and says which fields need a restart. Listeners and connections are
+   * untouched either way. `next` is undefined, with `mistake`, when the file did not
+   * validate. In a cluster the shared configuration is changed with `config apply`.
+   */
+  reload(next: Config | undefined, mistake?: string): UnderstudyEvent & { type: 'config-reloaded' } {
+    const file = this.config.file;
+    const refused = (reason: string, restart: string[] = []) => ({ type: 'config-reloaded' as const, file, outcome: 'refused' as const, changed: [], restart, reason });
+    let body: Omit<UnderstudyEvent & { type: 'config-reloaded' }, 'time' | 'service' | 'traceId'>;
+    if (this.config.cluster) {
+      body = refused('in a cluster the configuration is shared through etcd: change it with `understudy config apply -c FILE`');
+    } else if (!next) {
+      body = refused(`the file has mistakes, nothing changed: ${mistake ?? 'it could not be read'}`);
+    } else {
+      const diff = diffConfigs(this.running, next);
+      if (diff.restart.length > 0) {
+        body = refused(`only a restart takes up ${diff.restart.join(', ')}; nothing changed`, diff.restart);
+      } else {
+        this.reconfigure(next);
+        body = {
+          type: 'config-reloaded',
+          file,
+          outcome: 'applied',
+          changed: diff.live,
+          restart: [],
+          reason: diff.live.length === 0 ? 'the file changes nothing' : `changed live: ${diff.live.join(', ')}`,
+        };
+      }
+    }
+    const event = { ...body, service: '*', time: this.clock.now(), traceId: randomBytes(8).toString('hex') };
+    this.events.publish(event);
+    return event;
+  }
+
   /** Takes up a configuration whose changes are all live fields (config/live.ts). */
   private reconfigure(next: Config): void {
     for (const service of next.services) this.services.get(service.name)!.reconfigure(service);
@@ -562,7 +598,7 @@ export class Understudy {
 
   private logEvent(event: UnderstudyEvent): void {
     const quiet = event.type === 'instance-state' && (event.to === 'ready' || event.to === 'starting');
-    const calm = quiet || (event.type === 'active-changed' && event.kind === 'initial');
+    const calm = quiet || (event.type === 'active-changed' && event.kind === 'initial') || (event.type === 'config-reloaded' && event.outcome === 'applied');
     this.log[calm ? 'info' : 'warn']({ event }, `${event.service}: ${event.type}: ${event.reason}`);
   }
 }

@@ -177,7 +177,12 @@ export type ClusterEventBody =
   /** This node took up a revision of the shared configuration, live (`changed`: the fields). */
   | { type: 'config-applied'; node: string; revision: number; previous: number | null; changed: string[]; reason: string }
   /** This node kept what it runs: the revision needs a restart here, or this node cannot read it (`reason`). */
-  | { type: 'config-refused'; node: string; revision: number; running: number | null; reason: string };
+  | { type: 'config-refused'; node: string; revision: number; running: number | null; reason: string }
+  /**
+   * The config file, read again on SIGHUP (`systemctl reload`): its changes taken up live,
+   * or all of it refused (a mistake in it, or a field only a restart takes up: `restart`).
+   */
+  | { type: 'config-reloaded'; file: string; outcome: 'applied' | 'refused'; changed: string[]; restart: string[]; reason: string };
 
 /** A snapshot's lifecycle: see docs/recovery.md. */
 export type SnapshotEventBody =
