@@ -12,6 +12,7 @@ import { UnderstudyError, type UnderstudyEvent } from '../core/index.js';
 import { formatAlerts, formatCluster, formatDrill, formatDrills, formatEvent, formatReleases, formatStatus, type ReleasesView } from './format.js';
 import { configCommands } from './config.js';
 import { jobCommands } from './jobs.js';
+import { initCommand } from './init.js';
 import { bannerText, chooseLogFormat, LOG_FORMATS, prettyLogOutput, UP_MESSAGE, wantsColour } from './terminal.js';
 
 const DEFAULT_CONFIG = process.env.UNDERSTUDY_CONFIG ?? 'understudy.yaml';
@@ -445,6 +446,7 @@ program
 
 program.addCommand(jobCommands(configOption, client));
 program.addCommand(configCommands(configOption, client));
+program.addCommand(initCommand());
 
 /**
  * Prints what happens to the service while a drill runs (events newer than `since`, by the
