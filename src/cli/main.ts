@@ -32,6 +32,9 @@ const program = new Command()
 
 const configOption = ['-c, --config <file>', 'the configuration file ($UNDERSTUDY_CONFIG)', DEFAULT_CONFIG] as const;
 
+// First in --help: what a new user runs first.
+program.addCommand(initCommand());
+
 program
   .command('up')
   .description('start the gateway, the instances it runs, probes and the admin API; runs until SIGINT or SIGTERM')
@@ -446,7 +449,6 @@ program
 
 program.addCommand(jobCommands(configOption, client));
 program.addCommand(configCommands(configOption, client));
-program.addCommand(initCommand());
 
 /**
  * Prints what happens to the service while a drill runs (events newer than `since`, by the

@@ -84,7 +84,7 @@ describe('understudy validate', () => {
   });
 
   it('has help for every command', async () => {
-    for (const command of ['up', 'validate', 'status', 'switchover', 'drain', 'resume', 'events', 'deploy', 'rollback', 'releases', 'drill', 'drills', 'alerts']) {
+    for (const command of ['init', 'up', 'validate', 'status', 'switchover', 'drain', 'resume', 'events', 'deploy', 'rollback', 'releases', 'drill', 'drills', 'alerts']) {
       const result = await cli(command, '--help');
       expect(result.code).toBe(0);
       expect(result.stdout).toContain(`Usage: understudy ${command}`);
