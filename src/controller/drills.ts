@@ -67,7 +67,7 @@ const KEEP_REPORTS = 50;
 const OUT = new Set<InstanceState>(['down', 'quarantined']);
 
 /** Events shown on the timeline besides the drill's own marks. */
-const NOTABLE = new Set(['active-changed', 'no-ready-instance', 'quarantined', 'start-failed', 'restart-scheduled']);
+const NOTABLE = new Set(['active-changed', 'no-ready-instance', 'quarantined', 'start-failed', 'restart-scheduled', 'model-ejected']);
 
 /**
  * Failure drills: a chosen instance of a running service is failed on purpose while
@@ -282,9 +282,11 @@ export class Drills {
       if (event.service !== name) return;
       timeline.observe(event);
       if (NOTABLE.has(event.type)) marks.push({ at: rel(event.time), kind: 'event', label: describe(event) });
-      // Noticed: a hit instance out of service, or traffic moved off it.
+      // Noticed: a hit instance out of service, traffic moved off it, or (an error on a
+      // server of named models) its model ejected, so that model's requests go elsewhere.
       const noticed =
         (event.type === 'instance-state' && hit.includes(event.instance) && OUT.has(event.to)) ||
+        (event.type === 'model-ejected' && hit.includes(event.instance)) ||
         (event.type === 'active-changed' && event.from !== null && hit.includes(event.from));
       if (noticed && faultAt !== undefined && detectedMs === null) detectedMs = round(rel(event.time) - faultAt);
     });

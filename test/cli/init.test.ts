@@ -165,6 +165,13 @@ describe('understudy init --yes', () => {
       };
       expect(await chat()).toMatchObject({ status: 200, instance: 'primary', text: expect.any(String) });
 
+      // The drill the file offers passes as written: the primary's model is ejected, its requests
+      // go to the standby, no probe request fails, and the service is put back.
+      const drill = await cli('drill', 'chat', '--fault', 'error', '-c', file);
+      expect(drill.stdout).toContain('model-ejected primary fixture-llm');
+      expect(drill.stdout).toMatch(/drill \S+-chat-error: PASSED: clients saw no failure/);
+      expect(drill.code).toBe(0);
+
       const gone = once(primary.proc, 'exit');
       primary.kill('SIGKILL');
       await gone;
