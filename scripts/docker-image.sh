@@ -5,7 +5,8 @@
 #   2. a build context in a temporary directory: dist/, package.json and the
 #      production node_modules only (a copy of node_modules pruned with
 #      `npm prune --omit=dev`, offline, so better-sqlite3's native module is the one
-#      built here), an empty state directory and an example configuration;
+#      built here), README.md (and a LICENSE or NOTICE file when there is one), an
+#      empty state directory and an example configuration;
 #   3. `docker build` of the repository's Dockerfile on that context.
 #
 # The Dockerfile has no RUN step, so the base image needs nothing but `node`. The
@@ -48,6 +49,9 @@ fi
 say "preparing the build context in $CONTEXT"
 mkdir -p "$CONTEXT/app" "$CONTEXT/config" "$CONTEXT/state"
 cp -a dist package-lock.json "$CONTEXT/app/"
+for file in README.md LICENSE LICENSE.md NOTICE; do
+  if [ -f "$file" ]; then cp "$file" "$CONTEXT/app/"; fi
+done
 cp -a node_modules "$CONTEXT/app/node_modules"
 # package.json without the workspace (examples/tts-server is a demo, not part of the
 # image), the dev dependencies or the scripts: prune then removes the workspace's link
@@ -60,6 +64,8 @@ node -e '
 ' "$CONTEXT/app/package.json"
 (cd "$CONTEXT/app" && npm prune --omit=dev --offline --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
 rm -f "$CONTEXT/app/package-lock.json" "$CONTEXT/app/node_modules/.package-lock.json"
+# prune leaves the scope folders of what it removed (@vitest, @esbuild, ...) empty.
+find "$CONTEXT/app/node_modules" -mindepth 1 -maxdepth 1 -type d -empty -delete
 # better-sqlite3 needs only its compiled module at run time, not the SQLite sources
 # and object files it was built from (about 26 MB).
 SQLITE="$CONTEXT/app/node_modules/better-sqlite3"

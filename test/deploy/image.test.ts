@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { chown, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -132,6 +132,18 @@ services:
     expect(Config.Env).toEqual(expect.arrayContaining(['UNDERSTUDY_CONFIG=/etc/understudy/understudy.yaml', 'UNDERSTUDY_LOG_FORMAT=json']));
   });
 
+  it('holds the production dependencies only, and better-sqlite3 loads in it', async () => {
+    const check = [
+      "new (require('better-sqlite3'))(':memory:').close();",
+      "const dev = ['vitest', 'typescript', 'esbuild', 'tsx', '@understudy/example-tts-server'].filter((name) => require('node:fs').existsSync('/app/node_modules/' + name));",
+      'console.log(JSON.stringify(dev));',
+    ].join(' ');
+    const { stdout } = await run('docker', ['run', '--rm', '--name', `${RUN}-deps`, '--network', 'none', '-w', '/app', '--entrypoint', 'node', TAG, '-e', check], {
+      timeout: 30_000,
+    });
+    expect(JSON.parse(stdout)).toEqual([]);
+  });
+
   it('answers through the containerized gateway from the primary', async () => {
     const response = await infer();
     expect(response.status).toBe(200);
@@ -173,7 +185,9 @@ services:
     expect(State.Running).toBe(false);
     expect(State.ExitCode).toBe(0);
     expect(State.OOMKilled).toBe(false);
-    expect(await readdir(stateDir)).toContain('events.jsonl');
+    // jobs.db: the job store opened at start, so the native module loaded in the image.
+    expect(await readdir(stateDir)).toEqual(expect.arrayContaining(['events.jsonl', 'jobs.db']));
+    expect((await stat(path.join(stateDir, 'events.jsonl'))).uid).toBe(1000);
     const events = (await readFile(path.join(stateDir, 'events.jsonl'), 'utf8')).trim().split('\n');
     expect(events.length).toBeGreaterThan(0);
     expect(await logs()).toContain('shutting down');
