@@ -508,18 +508,23 @@ export class AdminServer {
   private async pruneJobs(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const body = await readJson(req, 64 * 1024);
     if (body instanceof UnderstudyError) return send(res, 400, { error: { code: body.code, message: body.message } });
-    const { dryRun, maxAge, maxCount } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
     const bad = (message: string) => send(res, 400, { error: { code: 'BAD_FIELD', message } });
+    // Removing is for good: a body that is not exactly what is meant (a misspelt dryRun) is refused, never taken as {}.
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) return bad('the body is a JSON object: {"dryRun"?, "maxAge"?, "maxCount"?}');
+    const unknown = Object.keys(body).filter((key) => !['dryRun', 'maxAge', 'maxCount'].includes(key));
+    if (unknown.length > 0) return bad(`unknown field ${unknown.map((key) => JSON.stringify(key)).join(', ')}: the fields are dryRun, maxAge and maxCount`);
+    const { dryRun, maxAge, maxCount } = body as Record<string, unknown>;
     if (dryRun !== undefined && typeof dryRun !== 'boolean') return bad('"dryRun" is true or false');
-    const age = maxAge === null || maxAge === undefined ? maxAge : typeof maxAge === 'string' ? (parseDuration(maxAge) ?? NaN) : maxAge;
-    if (age !== null && age !== undefined && !(typeof age === 'number' && Number.isInteger(age) && age > 0)) {
-      return bad('"maxAge" is a duration such as "7d" or "12h" (or milliseconds), or null for no limit by age');
+    // A duration with its unit only: a bare 7 would be 7 milliseconds, and remove nearly everything.
+    const age = maxAge === null || maxAge === undefined ? maxAge : typeof maxAge === 'string' ? (parseDuration(maxAge) ?? NaN) : NaN;
+    if (age !== null && age !== undefined && !(Number.isInteger(age) && age > 0)) {
+      return bad('"maxAge" is a duration with its unit, such as "7d" or "12h", or null for no limit by age');
     }
     if (maxCount !== undefined && maxCount !== null && !(typeof maxCount === 'number' && Number.isInteger(maxCount) && maxCount >= 0)) {
       return bad('"maxCount" is a whole number of finished jobs to keep, or null for no limit by number');
     }
     const retention = this.app.config.jobs.retention;
-    const rule = { maxAge: age === undefined ? retention.maxAge : (age as number | null), maxCount: maxCount === undefined ? retention.maxCount : (maxCount as number | null) };
+    const rule = { maxAge: age === undefined ? retention.maxAge : age, maxCount: maxCount === undefined ? retention.maxCount : (maxCount as number | null) };
     const removed = await this.app.jobs.prune({ ...rule, dryRun: dryRun === true });
     return send(res, 200, {
       dryRun: dryRun === true,

@@ -779,15 +779,23 @@ async function askServices(asker: Asker, out: NodeJS.WritableStream): Promise<{ 
       return answer;
     }, suggested);
     const primary = await asker.until(`URL of ${name}'s primary (e.g. http://127.0.0.1:8000)`, parseUrl);
-    const hot = await asker.until(`URLs of ${name}'s hot standbys, comma-separated (Enter: none)`, (answer) =>
-      answer === '' ? [] : answer.split(',').map((u) => parseUrl(u.trim())),
-    );
+    // A URL given twice is asked again, not the end of the session.
+    const hot = await asker.until(`URLs of ${name}'s hot standbys, comma-separated (Enter: none)`, (answer) => {
+      const urls = answer === '' ? [] : answer.split(',').map((u) => parseUrl(u.trim()));
+      instancesFrom([primary, ...urls]);
+      return urls;
+    });
     const spec: ServiceSpec = { name, kind, instances: instancesFrom([primary, ...hot]) };
     for (const instance of spec.instances) {
       const command = await asker.until(`Command that starts ${instance.url}, if Understudy should run it (Enter: it runs on its own)`, commandOf);
       if (command) runtimes.push({ target: instance.url, runtime: { type: 'process', command: command.args, env: command.env }, flag: '--run' });
     }
-    const cold = await asker.until(`URL of a cold standby, started only when the others are down (Enter: none)`, (answer) => (answer === '' ? undefined : parseUrl(answer)));
+    const cold = await asker.until(`URL of a cold standby, started only when the others are down (Enter: none)`, (answer) => {
+      if (answer === '') return undefined;
+      const url = parseUrl(answer);
+      instancesFrom([primary, ...hot, `cold:${url}`]);
+      return url;
+    });
     if (cold !== undefined) {
       spec.instances = instancesFrom([primary, ...hot, `cold:${cold}`]);
       const command = await asker.until(`Command that starts ${cold} (Understudy runs a cold standby)`, (answer) => {

@@ -65,6 +65,15 @@ nothing and says why, as a config-reloaded event.`,
     if (!(LOG_FORMATS as readonly string[]).includes(options.logFormat)) {
       throw new InvalidArgumentError(`--log-format (or $UNDERSTUDY_LOG_FORMAT) must be one of ${LOG_FORMATS.join(', ')}, not "${options.logFormat}"`);
     }
+    // SIGHUP (systemctl reload) first of all: its default action would end the process.
+    // One that arrives while Understudy starts is carried out once it serves; during a
+    // shutdown it is ignored. See Understudy.reload.
+    let phase: 'starting' | 'up' | 'stopping' = 'starting';
+    let reloadWaiting = false;
+    let reload = () => {
+      reloadWaiting = true;
+    };
+    process.on('SIGHUP', () => reload());
     const tty = process.stdout.isTTY === true;
     const pretty = chooseLogFormat(options.logFormat, tty) === 'pretty';
     // In a cluster: the shared configuration in etcd, when there is one this node can read.
@@ -74,7 +83,28 @@ nothing and says why, as a config-reloaded event.`,
     if (config.cluster) app.log.info({ revision: starting.revision }, starting.note);
     const token = ensureToken(config);
     const admin = new AdminServer(app, token);
+    reload = () => {
+      if (phase === 'starting') {
+        reloadWaiting = true;
+        app.log.info('SIGHUP while Understudy starts: the config file is read again once it serves');
+        return;
+      }
+      if (phase === 'stopping') {
+        app.log.warn('SIGHUP while Understudy stops: ignored');
+        return;
+      }
+      let next: Config | undefined;
+      let mistake: string | undefined;
+      try {
+        next = loadConfigFile(options.config);
+      } catch (error) {
+        mistake = error instanceof ConfigError ? error.message : (error as Error).message;
+      }
+      const event = app.reload(next, mistake);
+      process.send?.({ type: 'reloaded', outcome: event.outcome });
+    };
     const shutdown = async (signal: string) => {
+      phase = 'stopping';
       app.log.info({ signal }, 'shutting down');
       await admin.close();
       await app.close();
@@ -87,23 +117,6 @@ nothing and says why, as a config-reloaded event.`,
         void shutdown(signal);
       });
     }
-    // SIGHUP (systemctl reload): the file read again and its live changes taken up; see Understudy.reload.
-    let started = false;
-    process.on('SIGHUP', () => {
-      if (!started) {
-        app.log.warn('SIGHUP before Understudy is up: ignored; send it again once it serves');
-        return;
-      }
-      let next: Config | undefined;
-      let mistake: string | undefined;
-      try {
-        next = loadConfigFile(options.config);
-      } catch (error) {
-        mistake = error instanceof ConfigError ? error.message : (error as Error).message;
-      }
-      const event = app.reload(next, mistake);
-      process.send?.({ type: 'reloaded', outcome: event.outcome });
-    });
     // The admin API first: if its port is taken, nothing has been started yet.
     const adminAddress = await admin.start();
     try {
@@ -112,7 +125,6 @@ nothing and says why, as a config-reloaded event.`,
       await admin.close();
       throw error;
     }
-    started = true;
     const gateway = app.gatewayAddresses();
     const adminHost = adminAddress.host.includes(':') ? `[${adminAddress.host}]` : adminAddress.host;
     app.log.info(
@@ -139,6 +151,11 @@ nothing and says why, as a config-reloaded event.`,
       );
     }
     process.send?.({ type: 'up', gateway, admin: adminAddress });
+    if (phase === 'starting') phase = 'up';
+    if (reloadWaiting) {
+      reloadWaiting = false;
+      reload();
+    }
   });
 
 const cluster = program.command('cluster').description('several Understudy nodes coordinated through etcd (docs/cluster.md)');

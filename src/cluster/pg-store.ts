@@ -286,7 +286,7 @@ export class PgJobStore implements JobStore {
     // Not fenced by epoch: a finished job no longer changes, so any node may forget it.
     return this.transaction('remove finished jobs', async (client) => {
       const { rows } = await client.query<JobRow>(
-        `SELECT * FROM ${this.schema}.jobs WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at DESC, id DESC FOR UPDATE`,
+        `SELECT * FROM ${this.schema}.jobs WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC FOR UPDATE`,
       );
       const gone = pickPruned(rows.map(toJob), rule);
       if (!rule.dryRun && gone.length > 0) {

@@ -13,7 +13,7 @@ const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
   if (ms === undefined) {
     ctx.addIssue({
       code: 'custom',
-      message: `expected a duration such as "750ms", "30s", "5m" or "1h", got ${JSON.stringify(value)}`,
+      message: `expected a duration such as "750ms", "30s", "5m", "1h" or "30d", got ${JSON.stringify(value)}`,
     });
     return z.NEVER;
   }

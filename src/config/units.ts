@@ -1,10 +1,10 @@
 /**
- * Durations and sizes as users write them: `"750ms"`, `"30s"`, `"5m"`, `"1h"`, or a
+ * Durations and sizes as users write them: `"750ms"`, `"30s"`, `"5m"`, `"1h"`, `"30d"`, or a
  * bare number of milliseconds; sizes as `"1MiB"`, `"512KiB"`, `"10MB"` or bytes.
  * They are compiled to numbers once, at load time.
  */
-const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/;
-const DURATION_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/;
+const DURATION_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 export function parseDuration(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined;

@@ -453,7 +453,9 @@ export class Understudy {
     const file = this.config.file;
     const refused = (reason: string, restart: string[] = []) => ({ type: 'config-reloaded' as const, file, outcome: 'refused' as const, changed: [], restart, reason });
     let body: Omit<UnderstudyEvent & { type: 'config-reloaded' }, 'time' | 'service' | 'traceId'>;
-    if (this.config.cluster) {
+    if (this.lifecycle !== 'running') {
+      body = refused(`Understudy is ${this.lifecycle}: send SIGHUP again once it serves`);
+    } else if (this.config.cluster) {
       body = refused('in a cluster the configuration is shared through etcd: change it with `understudy config apply -c FILE`');
     } else if (!next) {
       body = refused(`the file has mistakes, nothing changed: ${mistake ?? 'it could not be read'}`);

@@ -115,7 +115,9 @@ export class JobRunner {
     const maxAge = request.maxAge === undefined ? retention.maxAge : request.maxAge;
     const keep = request.maxCount === undefined ? retention.maxCount : request.maxCount;
     const dryRun = request.dryRun === true;
-    const gone = await this.options.store.pruneJobs({ finishedBefore: maxAge === null ? null : this.now() - maxAge, keep, dryRun });
+    // A job still held here (its run writing a cancelled job's outputs) is left for the next prune.
+    const except = [...this.runs.keys(), ...this.loading.keys()];
+    const gone = await this.options.store.pruneJobs({ finishedBefore: maxAge === null ? null : this.now() - maxAge, keep, dryRun, except });
     if (!dryRun) {
       for (const job of gone) await rm(this.options.files.dir(job.id), { recursive: true, force: true });
     }

@@ -374,7 +374,7 @@ export class SqliteJobStore implements JobStore {
     return {
       job: db.prepare('SELECT * FROM jobs WHERE id = ?'),
       finishedJobs: db.prepare(
-        `SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at DESC, id DESC`,
+        `SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC`,
       ),
       deleteItems: db.prepare('DELETE FROM items WHERE job_id = ?'),
       deleteJob: db.prepare('DELETE FROM jobs WHERE id = ?'),

@@ -15,6 +15,8 @@ export interface PruneRule {
   keep: number | null;
   /** Only say which jobs would go. */
   dryRun?: boolean;
+  /** Jobs kept whatever the rule: those this node still holds (a cancelled job whose outputs are being written). */
+  except?: string[];
 }
 
 /**
@@ -68,7 +70,9 @@ export interface JobStore {
 
 /** The jobs a rule removes, from the finished ones newest first (as every store lists them). */
 export function pickPruned(finished: JobRecord[], rule: PruneRule): JobRecord[] {
+  const held = new Set(rule.except ?? []);
   return finished.filter(
-    (job, newer) => (rule.keep !== null && newer >= rule.keep) || (rule.finishedBefore !== null && (job.finishedAt ?? job.updatedAt) < rule.finishedBefore),
+    (job, newer) =>
+      !held.has(job.id) && ((rule.keep !== null && newer >= rule.keep) || (rule.finishedBefore !== null && (job.finishedAt ?? job.updatedAt) < rule.finishedBefore)),
   );
 }

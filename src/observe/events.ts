@@ -1,5 +1,5 @@
 import { mkdirSync } from 'node:fs';
-import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { UnderstudyEvent } from '../core/index.js';
 
@@ -29,6 +29,7 @@ export class EventLog {
   private handle: Promise<FileHandle> | undefined;
   /** Bytes in the open file; known once it is open. */
   private size = 0;
+  private rotationFailed = false;
   private closed = false;
 
   constructor(
@@ -124,7 +125,6 @@ export class EventLog {
       await handle.appendFile(batch);
       await handle.datasync();
       this.size += Buffer.byteLength(batch);
-      if (this.rotation.maxFileSize > 0 && this.size >= this.rotation.maxFileSize) await this.rotate();
     } catch (error) {
       // Open the file afresh next time: the disk may have room again by then.
       const broken = this.handle;
@@ -132,11 +132,25 @@ export class EventLog {
       await broken?.then((h) => h.close()).catch(() => {});
       throw error;
     }
+    // The batch is on disk: a rotation that fails is told once, and appending goes on in the full file.
+    if (this.rotation.maxFileSize > 0 && this.size >= this.rotation.maxFileSize && !this.rotationFailed) {
+      try {
+        await this.rotate();
+      } catch (error) {
+        this.rotationFailed = true;
+        this.onWriteError(new Error(`could not rotate ${this.file} (events are still written to it; rotation is tried again after a restart): ${(error as Error).message}`));
+      }
+    }
   }
 
   private async openFile(): Promise<FileHandle> {
     const handle = await open(this.file, 'a');
-    this.size = (await handle.stat()).size;
+    try {
+      this.size = (await handle.stat()).size;
+    } catch (error) {
+      await handle.close().catch(() => {});
+      throw error;
+    }
     return handle;
   }
 
@@ -154,5 +168,16 @@ export class EventLog {
     }
     if (keepFiles > 0) await rename(this.file, this.rotated(1));
     this.size = 0;
+    // Rotated files past keepFiles (kept when it was larger) go too.
+    const { dir, name, ext } = path.parse(this.file);
+    const pattern = new RegExp(`^${escapeRegExp(name)}\\.(\\d+)${escapeRegExp(ext)}$`);
+    for (const entry of await readdir(dir)) {
+      const n = Number(pattern.exec(entry)?.[1] ?? 0);
+      if (n > keepFiles) await rm(path.join(dir, entry), { force: true });
+    }
   }
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

@@ -59,7 +59,7 @@ describe('understudy validate', () => {
       [
         `understudy: ${file}: 3 mistakes in the configuration:`,
         `  ${file}:3:26: services.tts.route.pathPrefix: must start with "/"`,
-        `  ${file}:4:28: services.tts.timeouts.firstByte: expected a duration such as "750ms", "30s", "5m" or "1h", got "2 minutes"`,
+        `  ${file}:4:28: services.tts.timeouts.firstByte: expected a duration such as "750ms", "30s", "5m", "1h" or "30d", got "2 minutes"`,
         `  ${file}:7:66: services.tts.instances.b.priorty: unknown field`,
         '',
       ].join('\n'),

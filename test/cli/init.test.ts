@@ -274,6 +274,7 @@ describe('understudy init, other cases', () => {
       'voice', // name
       tts.url, // primary
       'not a url', // hot standbys: refused, asked again
+      tts.url, // the primary again: refused, asked again
       '', // no hot standby
       '', // the primary runs on its own
       `http://127.0.0.1:${p1}`, // a cold standby
@@ -285,6 +286,7 @@ describe('understudy init, other cases', () => {
     expect(result.code).toBe(0);
     expect(result.stdout).toContain("URL of voice's primary (e.g. http://127.0.0.1:8000): " + tts.url);
     expect(result.stdout).toContain('  "not a url" is not a URL (expected http://HOST:PORT)\n');
+    expect(result.stdout).toContain(`  ${tts.url} is given twice\n`);
     expect(result.stdout).toMatch(/voice\/primary http:\/\/127\.0\.0\.1:\d+: +\/health 200 in \d+ ms, version "2\.1"/);
     expect(result.stdout).toContain(`The same without questions:\n  understudy init --yes --service voice=tts:${tts.url},cold:http://127.0.0.1:${p1} --run "http://127.0.0.1:${p1}=node ${TTS_SERVER} --port ${p1}"`);
     const config = parseConfig(readFileSync(file, 'utf8'), file);

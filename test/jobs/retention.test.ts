@@ -76,8 +76,15 @@ describe('retention of finished jobs', () => {
     // Bad input is refused and changes nothing.
     const bad = await cli(configFile, 'jobs', 'prune', '--older-than', 'soon');
     expect(bad.code).toBe(1);
-    expect(bad.stderr).toContain('"maxAge" is a duration such as "7d"');
+    expect(bad.stderr).toContain('"maxAge" is a duration with its unit, such as "7d"');
+    // A misspelt dryRun is refused, never taken as a real prune; so is a bare number (milliseconds).
+    await expect(up.api('POST', '/v1/jobs/prune', { dry_run: true })).rejects.toThrow(/400 .*unknown field \\"dry_run\\"/);
+    await expect(up.api('POST', '/v1/jobs/prune', { maxAge: 7 })).rejects.toThrow(/400 .*maxAge/);
+    await expect(up.api('POST', '/v1/jobs/prune', [])).rejects.toThrow(/400 .*JSON object/);
     expect(existsSync(filesOf(finished[0]!))).toBe(true);
+    // Days, as the docs write them: nothing here is a week old.
+    const byAge = await cli(configFile, 'jobs', 'prune', '--older-than', '7d', '--dry-run');
+    expect(byAge.stdout).toBe('0 finished jobs to remove (finished over 7d ago or past the newest 1000)\n');
 
     // Keep the newest three: the oldest goes, from the store and from disk.
     const pruned = await cli(configFile, 'jobs', 'prune', '--keep', '3');
@@ -89,6 +96,10 @@ describe('retention of finished jobs', () => {
     expect(actions.filter((e) => (e as { action: string }).action === 'prune jobs').map((e) => (e as { outcome: string }).outcome)).toEqual([
       'accepted',
       'refused',
+      'refused',
+      'refused',
+      'refused',
+      'accepted',
       'accepted',
     ]);
 

@@ -446,7 +446,10 @@ export function storeConformance(name: string, open: OpenStore, reopen?: ReopenS
         // Everything finished, whatever the rule: the running and the paused job stay, with their items.
         await create('keyed', 1, { key: `${ns}-key` });
         await store.setJobState(id('keyed'), 'succeeded', null, (clock += 1000));
-        await store.pruneJobs({ finishedBefore: clock + 1, keep: 0 });
+        // A job the caller still holds stays, whatever the rule.
+        expect(mine(await store.pruneJobs({ finishedBefore: clock + 1, keep: 0, except: [id('keyed')] }))).toEqual([id('f5'), id('f4')]);
+        expect((await store.getJob(id('keyed')))?.state).toBe('succeeded');
+        expect(mine(await store.pruneJobs({ finishedBefore: clock + 1, keep: 0 }))).toEqual([id('keyed')]);
         expect((await store.getJob(id('running')))?.state).toBe('running');
         expect((await store.getJob(id('paused')))?.state).toBe('paused');
         expect(await store.pendingItems(id('paused'))).toHaveLength(1);

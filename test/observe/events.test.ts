@@ -86,6 +86,16 @@ describe('event log', () => {
       expect(lines(path.join(dir, 'events.2.jsonl'))).toEqual(time(30, 40));
       expect(existsSync(path.join(dir, 'events.3.jsonl'))).toBe(false);
       expect(existsSync(file)).toBe(false); // opened by the next write
+
+      // keepFiles lowered: the next rotation removes the rotated files past it too.
+      const fewer = new EventLog(file, undefined, 10_000, { ...rotation, keepFiles: 1 });
+      for (let n = 50; n < 60; n++) {
+        fewer.publish(event(n));
+        await fewer.flushed();
+      }
+      await fewer.close();
+      expect(readdirSync(dir).sort()).toEqual(['events.1.jsonl']);
+      expect(lines(path.join(dir, 'events.1.jsonl'))).toEqual(time(50, 60));
     });
 
     it('never rotates with maxFileSize 0', async () => {
