@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline/promises';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { Agent, request } from 'undici';
 import { Document, isMap, isScalar, type Scalar, type YAMLMap } from 'yaml';
-import { ConfigError, faultsAllowed, parseConfig, parseDuration } from '../config/index.js';
+import { ConfigError, faultsAllowed, parseConfig, parseDuration, parseListen } from '../config/index.js';
 import { UnderstudyError } from '../core/index.js';
 
 /*
@@ -193,10 +193,9 @@ export function parseRuntimeArg(flag: '--run' | '--image', value: string): Runti
 
 /** `[HOST:]PORT`, `[v6]:PORT`; a bare port is on 127.0.0.1, as in the configuration. */
 export function parseListenArg(value: string): Listen {
-  const match = /^(?:\[([0-9a-f:.]+)\]:|([^:[\]\s]+):|:)?(\d{1,5})$/i.exec(value.trim());
-  const port = Number(match?.[3]);
-  if (!match || port > 65535) throw new InvalidArgumentError(`expected HOST:PORT or a port, e.g. 127.0.0.1:8080, got "${value}"`);
-  return { host: match[1] ?? match[2] ?? '127.0.0.1', port };
+  const address = parseListen(value, '127.0.0.1');
+  if (!address) throw new InvalidArgumentError(`expected HOST:PORT or a port, e.g. 127.0.0.1:8080, got "${value}"`);
+  return address;
 }
 
 function formatListen({ host, port }: Listen): string {

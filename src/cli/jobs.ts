@@ -3,6 +3,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Command, InvalidArgumentError } from 'commander';
 import type { AdminClient, JobView } from '../api/index.js';
+import { formatDuration } from '../config/index.js';
 import { UnderstudyError } from '../core/index.js';
 import { formatJob, formatJobs, progressLine } from './format.js';
 
@@ -205,13 +206,6 @@ interface PruneAnswer {
   dryRun: boolean;
   retention: { maxAge: number | null; maxCount: number | null };
   removed: { id: string; service: string; name: string | null; state: string; finishedAt: number | null; total: number }[];
-}
-
-function formatDuration(ms: number): string {
-  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
 }
 
 /** Follows the job's server-sent events; a progress bar on a terminal, a line every few seconds otherwise. */

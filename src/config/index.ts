@@ -19,5 +19,5 @@ export type {
   VersionProbeConfig,
 } from './schema.js';
 export { FAULT_KINDS, PREFILL_SHAPES, faultsAllowed, type FaultKind, type PrefillShape } from './schema.js';
-export { parseDuration, parseSize } from './units.js';
+export { formatDuration, parseDuration, parseListen, parseSize } from './units.js';
 export { atVersion, pathsAtVersion } from './version.js';

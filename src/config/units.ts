@@ -6,6 +6,14 @@
 const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$/;
 const DURATION_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
+/** A duration as the configuration writes it, in the largest unit that divides it: 30d, 12h, 750ms. */
+export function formatDuration(ms: number): string {
+  const [unit, size] = Object.entries(DURATION_MS)
+    .sort(([, a], [, b]) => b - a)
+    .find(([, size]) => ms >= size && ms % size === 0) ?? ['ms', 1];
+  return `${ms / size}${unit}`;
+}
+
 export function parseDuration(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : undefined;
   const match = DURATION.exec(value.trim());

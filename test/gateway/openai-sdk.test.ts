@@ -1,7 +1,7 @@
 import OpenAI from 'openai';
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectedText, renderChat } from '../fixtures/llm-model.mjs';
-import { closeAllGateways, inferService, on, startGateway } from '../support/gateway.js';
+import { closeAllGateways, on, primaryAndStandby, startGateway } from '../support/gateway.js';
 import { startLlmServer, stopAllLlmServers } from '../support/llm.js';
 import { startTtsServer, stopAllTtsServers } from '../support/tts.js';
 
@@ -28,13 +28,7 @@ describe('the official openai SDK as the client', () => {
       startLlmServer({ name: 'primary', tokenDelayMs: 15 }),
       startLlmServer({ name: 'standby', tokenDelayMs: 15 }),
     ]);
-    const gateway = await startGateway(
-      inferService(`
-instances:
-  primary: { tier: primary, url: "${primary.url}" }
-  standby: { tier: hot, url: "${standby.url}" }
-`),
-    );
+    const gateway = await startGateway(primaryAndStandby(primary.url, standby.url));
     await gateway.event(on.active('primary'));
     await gateway.event(on.state('standby', 'ready'));
 
@@ -61,13 +55,7 @@ instances:
 describe("the openai SDK's own text-to-speech example, through the gateway to the bundled TTS server", () => {
   it('speaks with voice "alloy", refuses a format it cannot make with a 400 that says so, and honours speed', async () => {
     const [primary, standby] = await Promise.all([startTtsServer('primary'), startTtsServer('standby')]);
-    const gateway = await startGateway(
-      inferService(`
-instances:
-  primary: { tier: primary, url: "${primary.url}" }
-  standby: { tier: hot, url: "${standby.url}" }
-`),
-    );
+    const gateway = await startGateway(primaryAndStandby(primary.url, standby.url));
     await gateway.event(on.active('primary'));
     const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'not-needed', maxRetries: 0 });
 

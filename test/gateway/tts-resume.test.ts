@@ -3,7 +3,7 @@
 // the audio of an uninterrupted run.
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { closeAllGateways, inferService, on, startGateway } from '../support/gateway.js';
+import { closeAllGateways, on, primaryAndStandby, startGateway } from '../support/gateway.js';
 import { bytes, parseFrames, segmentsOf, speak, startTtsServer, stopAllTtsServers } from '../support/tts.js';
 
 afterEach(async () => {
@@ -19,13 +19,7 @@ const NARRATION = Array.from({ length: 120 }, (_, i) => `The ${PLACES[i % PLACES
 describe('a narration whose TTS server dies mid-stream', () => {
   it('continues on the standby from the first sentence the client lacks: no gap, no repeat, the same bytes', async () => {
     const [primary, standby, reference] = await Promise.all([startTtsServer('primary'), startTtsServer('standby'), startTtsServer('reference')]);
-    const gateway = await startGateway(
-      inferService(`
-instances:
-  primary: { tier: primary, url: "${primary.url}" }
-  standby: { tier: hot, url: "${standby.url}" }
-`),
-    );
+    const gateway = await startGateway(primaryAndStandby(primary.url, standby.url));
     await gateway.event(on.active('primary'));
     await gateway.event(on.state('standby', 'ready'));
 

@@ -68,6 +68,15 @@ export async function closeAllGateways(): Promise<void> {
  * A config with one service, `infer`, on every path of a gateway on a free port;
  * `body` is the rest of the service (instances, policies), written from column 0.
  */
+/** A service of two instances given by URL: `primary` and a hot standby `standby`. */
+export function primaryAndStandby(primary: string, standby: string): string {
+  return inferService(`
+instances:
+  primary: { tier: primary, url: "${primary}" }
+  standby: { tier: hot, url: "${standby}" }
+`);
+}
+
 export function inferService(body: string): string {
   const service = body
     .trim()
